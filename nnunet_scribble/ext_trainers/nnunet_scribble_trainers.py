@@ -1,0 +1,2 @@
+# Re-exports only (see __init__.py). Every trainer module lists its trainers in __all__.
+from nnunet_scribble.training.pce import *  # noqa: F401,F403
