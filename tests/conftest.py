@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny synthetic scribble dataset, planned and preprocessed by stock nnU-Net."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# nnUNet_n_proc_DA=0 breaks nnU-Net's planner (torch.set_num_threads(0)); in-process tests set it to 0 themselves
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "2"}
+
+
+def nnunet_env(root: Path, **extra) -> dict:
+    """Environment for nnU-Net child processes with all nnU-Net folders under ``root``."""
+    from nnunet_scribble.ext_trainers import TRAINERS_PATH
+
+    env = dict(os.environ)
+    env.update(CPU_ENV)
+    env.update({"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+                "nnUNet_results": str(root / "nnUNet_results"), "nnUNet_extTrainer": TRAINERS_PATH})
+    env.update(extra)
+    return env
+
+
+def console_script(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """Demo dataset (8 train, 2 test cases of 80x80) under a temp root, planned + preprocessed for 2d.
+
+    Returns (root, dataset_name). Read-only for tests: copy before modifying.
+    """
+    from nnunet_scribble.demo.run import DATASET_ID, DATASET_NAME, write_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    write_dataset(root / "nnUNet_raw", n_train=8, n_test=2, seed=1)
+    subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1"],
+                   env=nnunet_env(root), check=True, capture_output=True)
+    return root, DATASET_NAME
+
+
+@pytest.fixture
+def nnunet_paths(monkeypatch, tiny_dataset):
+    """Point nnU-Net's environment variables (read at call time since 2.8) at the tiny dataset's root."""
+    root, name = tiny_dataset
+    for k, v in nnunet_env(root).items():
+        if k.startswith("nnUNet") or k == "OMP_NUM_THREADS":
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # augmentation in the test process
+    return root, name

@@ -1,0 +1,89 @@
+"""The scribble trainer base, in-process on the tiny preprocessed dataset."""
+import copy
+import os
+
+import blosc2
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.training.loss_terms import logged_terms
+from nnunet_scribble.training.pce import nnUNetTrainerPCE, nnUNetTrainerPCE_2epochs
+
+IGNORE = 4
+
+
+def make_trainer(root, name, cls=nnUNetTrainerPCE_2epochs, dataset_json=None):
+    pre = root / "nnUNet_preprocessed" / name
+    plans = load_json(str(pre / "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return cls(plans, "2d", 0, dataset_json or load_json(str(pre / "dataset.json")), device=torch.device("cpu"))
+
+
+def test_dataset_without_ignore_label_is_refused(nnunet_paths):
+    root, name = nnunet_paths
+    dj = load_json(str(root / "nnUNet_preprocessed" / name / "dataset.json"))
+    dj = copy.deepcopy(dj)
+    del dj["labels"]["ignore"]
+    with pytest.raises(UserFacingError, match=r"needs an 'ignore' label.*dataset\.json.*stock nnUNetTrainer"):
+        make_trainer(root, name, dataset_json=dj)
+
+
+def test_budget_variant_sets_epochs(nnunet_paths):
+    trainer = make_trainer(*nnunet_paths)
+    assert trainer.num_epochs == 2
+    assert make_trainer(*nnunet_paths, cls=nnUNetTrainerPCE).num_epochs == 1000
+
+
+def test_padding_becomes_ignore_not_background():
+    seg = torch.full((1, 4, 4), -1, dtype=torch.int16)
+    kwargs = dict(is_cascaded=False, foreground_labels=[1, 2, 3], regions=None, ignore_label=IGNORE)
+    ours = nnUNetTrainerPCE.get_validation_transforms(None, **kwargs)(image=torch.zeros(1, 4, 4), segmentation=seg.clone())
+    stock = nnUNetTrainer.get_validation_transforms(None, **kwargs)(image=torch.zeros(1, 4, 4), segmentation=seg.clone())
+    assert (ours["segmentation"] == IGNORE).all() and (stock["segmentation"] == 0).all()
+
+
+def test_extra_channel_rides_through_augmentation_and_reaches_the_loss(nnunet_paths, tmp_path):
+    root, name = nnunet_paths
+    trainer = make_trainer(root, name)
+    data_folder = root / "nnUNet_preprocessed" / name / "nnUNetPlans_2d"
+    # extra map = a voxel-wise function of the scribble map, so alignment can be checked after augmentation
+    for seg_file in data_folder.glob("*_seg.b2nd"):
+        seg = blosc2.open(str(seg_file), mode="r")[:][0]
+        extra = np.where(seg == IGNORE, 0, seg + 5).astype(np.int16)
+        nnUNetDatasetBlosc2.save_seg(extra, str(tmp_path / seg_file.name[: -len("_seg.b2nd")]))
+    trainer.initialize()
+    trainer.extra_seg_folder = str(tmp_path)
+    seen = {}
+
+    def spy(data, scribbles, extras):
+        seen["scribbles"], seen["extras"] = scribbles, extras
+        return nnUNetTrainerPCE.compute_loss_terms(trainer, data, scribbles, extras)
+
+    trainer.compute_loss_terms = spy
+    dl_tr, dl_val = trainer.get_dataloaders()
+    batch = next(dl_tr)
+    assert isinstance(batch["target"], list) and len(batch["target"]) > 1   # deep supervision scales
+    for target in batch["target"]:
+        assert target.shape[1] == 2
+        scribble, extra = target[:, 0], target[:, 1]
+        labelled = scribble != IGNORE
+        assert labelled.any()
+        assert torch.equal(extra[labelled], scribble[labelled] + 5)
+        assert set(extra[~labelled].unique().tolist()) <= {0, IGNORE}
+    assert next(dl_val)["target"][0].shape[1] == 1   # validation batches carry scribbles only
+
+    trainer.on_train_epoch_start()
+    out = trainer.train_step(batch)
+    assert [s.shape[1] for s in seen["scribbles"]] == [1] * len(batch["target"])
+    assert [e.shape[1] for e in seen["extras"]] == [1] * len(batch["target"])
+    assert np.isfinite(out["loss"]) and out["train_term_partial"] == pytest.approx(out["loss"])
+
+    trainer.on_train_epoch_end([out, out])
+    assert logged_terms(trainer.logger)["partial"] == [pytest.approx(float(out["loss"]))]
+    from nnunet_scribble.training.loss_terms import plot_loss_terms
+    assert os.path.isfile(plot_loss_terms(trainer.logger, trainer.output_folder))
