@@ -25,6 +25,18 @@ def nnunet_env(root: Path, **extra) -> dict:
     return env
 
 
+def make_trainer(root: Path, name: str, cls, dataset_json: dict | None = None, configuration: str = "2d", fold=0):
+    """An in-process trainer of class ``cls`` on the preprocessed dataset ``name`` under ``root``."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    pre = root / "nnUNet_preprocessed" / name
+    plans = load_json(str(pre / "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return cls(plans, configuration, fold, dataset_json or load_json(str(pre / "dataset.json")),
+               device=torch.device("cpu"))
+
+
 def console_script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 

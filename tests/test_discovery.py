@@ -15,15 +15,22 @@ def find(name):
     return recursive_find_trainer_class_by_name(name)
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerPCE", "nnUNetTrainerPCE_5epochs", "nnUNetTrainerPCE_1epoch"])
+@pytest.mark.parametrize("name", ["nnUNetTrainerPCE", "nnUNetTrainerPCE_5epochs", "nnUNetTrainerPCE_1epoch", "nnUNetTrainerPCE_3000it"])
 def test_found_through_ext_trainer_path(monkeypatch, name):
     monkeypatch.setenv("nnUNet_extTrainer", TRAINERS_PATH)
     cls = find(name)
     # the package's own class, not a second copy imported from the shim folder
     assert cls.__module__ == "nnunet_scribble.training.pce"
     assert pickle.loads(pickle.dumps(cls)) is cls
-    if name != "nnUNetTrainerPCE":
+    if name.endswith("epoch") or name.endswith("epochs"):
         assert issubclass(cls, nnUNetTrainerPCE) and cls.budget_epochs == int(name.split("_")[1].rstrip("epochs"))
+    elif name.endswith("3000it"):
+        assert (cls.budget_epochs, cls.budget_iterations_per_epoch) == (120, 25)
+
+
+def test_stock_trainer_with_benchmark_budget_is_found(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", TRAINERS_PATH)
+    assert find("nnUNetTrainer_3000it").__module__ == "nnunet_scribble.training.stock"
 
 
 def test_not_found_without_ext_trainer_path(monkeypatch):

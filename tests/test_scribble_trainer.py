@@ -3,6 +3,7 @@ import copy
 import os
 
 import blosc2
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -18,10 +19,7 @@ IGNORE = 4
 
 
 def make_trainer(root, name, cls=nnUNetTrainerPCE_2epochs, dataset_json=None):
-    pre = root / "nnUNet_preprocessed" / name
-    plans = load_json(str(pre / "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    return cls(plans, "2d", 0, dataset_json or load_json(str(pre / "dataset.json")), device=torch.device("cpu"))
+    return conftest.make_trainer(root, name, cls, dataset_json)
 
 
 def test_dataset_without_ignore_label_is_refused(nnunet_paths):
@@ -37,6 +35,20 @@ def test_budget_variant_sets_epochs(nnunet_paths):
     trainer = make_trainer(*nnunet_paths)
     assert trainer.num_epochs == 2
     assert make_trainer(*nnunet_paths, cls=nnUNetTrainerPCE).num_epochs == 1000
+
+
+def test_iteration_budget_variants_of_ours_and_of_stock(nnunet_paths):
+    from nnunet_scribble.training.pce import nnUNetTrainerPCE_3000it
+    from nnunet_scribble.training.stock import nnUNetTrainer_3000it
+
+    dj = load_json(str(nnunet_paths[0] / "nnUNet_preprocessed" / nnunet_paths[1] / "dataset.json"))
+    dense_dj = copy.deepcopy(dj)
+    del dense_dj["labels"]["ignore"]
+    for cls, dataset_json in ((nnUNetTrainerPCE_3000it, None), (nnUNetTrainer_3000it, dense_dj)):
+        trainer = make_trainer(*nnunet_paths, cls=cls, dataset_json=dataset_json)
+        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (120, 25, 5)
+        assert trainer.skip_final_validation and type(trainer).__name__ == cls.__name__
+    assert nnUNetTrainer_3000it.__mro__[3] is nnUNetTrainer   # stock trainer, only the budget mixin added
 
 
 def test_padding_becomes_ignore_not_background():

@@ -1,31 +1,79 @@
-"""nnU-Net-style epoch-budget variants (``<Trainer>_5epochs`` ...) generated for every trainer.
+"""nnU-Net-style training-budget variants generated for every trainer.
+
+- ``<Trainer>_<N>epochs`` (``_1epoch``, ``_5epochs``, ...): ``N`` epochs of nnU-Net's default 250
+  iterations, like nnU-Net's own ``nnUNetTrainer_5epochs``.
+- ``<Trainer>_<N>it`` (``_3000it``, ``_1000it``): a fixed number of training iterations for
+  benchmarks (``ITERATION_BUDGETS``: epochs x iterations per epoch), with 5 validation iterations per
+  epoch (the per-epoch validation loss is only logged) and no final validation: a benchmark predicts
+  its own test set. ``_3000it`` is the budget of the ``acdc-quick`` protocol (DESIGN.md section 6);
+  ``_1000it`` a reduced budget for a first look where 3000 iterations do not fit.
 
 nnU-Net writes such variants out by hand; here one call per trainer creates them as module-level
-classes (picklable, found by nnU-Net's trainer lookup through the module's attributes).
+classes (picklable, found by nnU-Net's trainer lookup through the module's attributes). Each variant
+only sets class attributes; :class:`TrainingBudget` applies them after nnU-Net's ``__init__`` (whose
+signature must stay nnU-Net's).
 """
 from __future__ import annotations
 
 EPOCH_BUDGETS = (1, 2, 5, 10, 20, 50, 100, 250, 500)
+# name suffix -> (epochs, training iterations per epoch)
+ITERATION_BUDGETS = {"3000it": (120, 25), "1000it": (40, 25)}
+BENCHMARK_VAL_ITERATIONS = 5
+
+
+class TrainingBudget:
+    """Mixin for nnUNetTrainer subclasses: applies the budget class attributes in ``__init__``."""
+
+    budget_epochs: int | None = None
+    budget_iterations_per_epoch: int | None = None
+    budget_val_iterations_per_epoch: int | None = None
+    skip_final_validation: bool = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device=None):
+        import torch
+
+        super().__init__(plans, configuration, fold, dataset_json,
+                         torch.device("cuda") if device is None else device)
+        if self.budget_epochs is not None:
+            self.num_epochs = self.budget_epochs
+        if self.budget_iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = self.budget_iterations_per_epoch
+        if self.budget_val_iterations_per_epoch is not None:
+            self.num_val_iterations_per_epoch = self.budget_val_iterations_per_epoch
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.skip_final_validation:
+            self.print_to_log_file("Final validation skipped (benchmark budget variant).")
+            return
+        super().perform_actual_validation(save_probabilities)
 
 
 def budget_variant_name(trainer_name: str, epochs: int) -> str:
     return f"{trainer_name}_{epochs}epoch{'' if epochs == 1 else 's'}"
 
 
-def add_budget_variants(trainer_cls: type, module_globals: dict, budgets=EPOCH_BUDGETS) -> list[str]:
-    """Create ``<trainer>_<N>epochs`` subclasses in the calling module; return their names.
+def _variant(trainer_cls: type, name: str, module_globals: dict, doc: str, attributes: dict) -> str:
+    module_globals[name] = type(name, (trainer_cls,), {
+        "__module__": module_globals["__name__"], "__qualname__": name, "__doc__": doc, **attributes})
+    return name
 
-    Each variant only sets the class attribute ``budget_epochs``; the scribble trainer base applies it
-    to ``num_epochs`` in ``__init__`` (so ``__init__``'s signature stays nnU-Net's).
+
+def add_budget_variants(trainer_cls: type, module_globals: dict, budgets=EPOCH_BUDGETS,
+                        iteration_budgets=ITERATION_BUDGETS, base_name: str | None = None) -> list[str]:
+    """Create ``<base_name>_<N>epochs`` and ``<base_name>_<N>it`` subclasses of ``trainer_cls`` in the
+    calling module; return their names. ``base_name`` defaults to the class name.
+
+    ``trainer_cls`` must derive from :class:`TrainingBudget`.
     """
-    names = []
-    for epochs in budgets:
-        name = budget_variant_name(trainer_cls.__name__, epochs)
-        module_globals[name] = type(name, (trainer_cls,), {
-            "__module__": module_globals["__name__"],
-            "__qualname__": name,
-            "__doc__": f"{trainer_cls.__name__} trained for {epochs} epoch(s).",
-            "budget_epochs": epochs,
-        })
-        names.append(name)
+    if not issubclass(trainer_cls, TrainingBudget):
+        raise TypeError(f"{trainer_cls.__name__} must derive from TrainingBudget to get budget variants")
+    base = base_name or trainer_cls.__name__
+    names = [_variant(trainer_cls, budget_variant_name(base, e), module_globals,
+                      f"{base} trained for {e} epoch(s).", {"budget_epochs": e}) for e in budgets]
+    for suffix, (epochs, iterations) in iteration_budgets.items():
+        names.append(_variant(
+            trainer_cls, f"{base}_{suffix}", module_globals,
+            f"{base} for {epochs} epochs x {iterations} iterations (benchmark budget, no final validation).",
+            {"budget_epochs": epochs, "budget_iterations_per_epoch": iterations,
+             "budget_val_iterations_per_epoch": BENCHMARK_VAL_ITERATIONS, "skip_final_validation": True}))
     return names

@@ -13,7 +13,7 @@ What it adds to ``nnUNetTrainer`` (methods only implement ``compute_loss_terms``
 - after training (and ``nnUNetv2_train --val``), if ``$nnUNet_raw/<dataset>/labelsTr_dense`` exists, the
   fold's validation predictions are evaluated against it: ``validation/summary_dense.json``. nnU-Net's
   own ``validation/summary.json`` only counts scribbled voxels.
-- ``budget_epochs`` (set by the generated ``_<N>epochs`` variants) overrides ``num_epochs``.
+- training budgets (``TrainingBudget``): the generated ``_<N>epochs`` and ``_3000it`` variants.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from torch import autocast
 from torch import distributed as dist
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.training.budget_variants import TrainingBudget
 from nnunet_scribble.training.loss_terms import TERM_PREFIX, log_term, logged_terms, plot_loss_terms
 
 
@@ -49,10 +50,8 @@ def dense_labels_folder(dataset_name: str) -> str | None:
     return folder if os.path.isdir(folder) else None
 
 
-class nnUNetTrainerScribble(nnUNetTrainer):
+class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
     """Base of all scribble trainers; trains with ``L_part`` (nnU-Net's ignore-aware Dice+CE)."""
-
-    budget_epochs: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -66,8 +65,6 @@ class nnUNetTrainerScribble(nnUNetTrainer):
                 "\"labels\" in the raw dataset.json, give every unannotated voxel of labelsTr that value "
                 "(`nnunet-scribble convert` does both), and rerun nnUNetv2_plan_and_preprocess. "
                 "For dense labels use the stock nnUNetTrainer.")
-        if self.budget_epochs is not None:
-            self.num_epochs = self.budget_epochs
         self.extra_seg_folder: str | None = None
 
     # ---- data -------------------------------------------------------------------------------
@@ -146,7 +143,7 @@ class nnUNetTrainerScribble(nnUNetTrainer):
     # ---- validation -------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
-        if self.local_rank == 0:
+        if self.local_rank == 0 and not self.skip_final_validation:
             self.evaluate_validation_against_dense_labels()
 
     def evaluate_validation_against_dense_labels(self) -> dict | None:
