@@ -63,7 +63,7 @@ class nnUNetTrainerMaCo(nnUNetTrainerScribble):
     mcm_patch_size = 16
     mcm_scribble_weight = 3.0
     mcm_ratio = 0.5
-    gc_close_gaps = 4.0
+    gc_close_gaps = 8.0
     gc_require_fg_inside = True
 
     # ---- data -------------------------------------------------------------------------------
