@@ -15,6 +15,7 @@ from nnunet_scribble.errors import UserFacingError
 COMMAND_MODULES = (
     "nnunet_scribble.evaluation.command",
     "nnunet_scribble.demo.command",
+    "nnunet_scribble.conversion.command",
 )
 
 
