@@ -3,3 +3,4 @@ from nnunet_scribble.training.pce import *  # noqa: F401,F403
 from nnunet_scribble.training.stock import *  # noqa: F401,F403
 from nnunet_scribble.training.maco import *  # noqa: F401,F403
 from nnunet_scribble.training.dmpls import *  # noqa: F401,F403
+from nnunet_scribble.training.attenscribble import *  # noqa: F401,F403
