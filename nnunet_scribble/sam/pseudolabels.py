@@ -41,11 +41,32 @@ from nnunet_scribble.sam.merge import apply_scribbles, merge_class_masks, priori
 from nnunet_scribble.sam.prompts import PromptRules, slice_prompts
 
 STAGE_B_FORMAT = 1
+# defaults of the command and of nnUNetTrainerSAMSP, overridable from the environment
+ENV_ROUNDS = "NNUNET_SCRIBBLE_SAM_ROUNDS"
+ENV_EPOCHS = "NNUNET_SCRIBBLE_SAM_EPOCHS"
+DEFAULT_ROUNDS, DEFAULT_EPOCHS = 2, 30
+
+
+def setting_from_env(value: int | None, variable: str, default: int) -> int:
+    """``value`` if set, else the integer in ``$variable``, else ``default``."""
+    if value is not None:
+        return value
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UserFacingError(f"{variable}={text!r} is not a non-negative integer; unset it or give e.g. "
+                              f"{variable}={default}.")
+    return number
 
 
 @dataclass(frozen=True)
 class StageBConfig:
-    rounds: int = 2
+    rounds: int = DEFAULT_ROUNDS
     prompts: PromptRules = field(default_factory=PromptRules)   # mode None: "box" if box-trained, else "points"
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     merge_priority: Optional[tuple] = None         # None: by increasing mean round-0 mask area
