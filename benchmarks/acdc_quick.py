@@ -123,6 +123,11 @@ def epoch_seconds(fold_dir: Path) -> list[float]:
     return times
 
 
+def sam_settings(env: dict) -> str:
+    """The SAM-SP settings taken from the environment (``NNUNET_SCRIBBLE_SAM_*``), as a command prefix."""
+    return "".join(f"{k}={v} " for k, v in sorted(env.items()) if k.startswith("NNUNET_SCRIBBLE_SAM_"))
+
+
 def run_trainer(work: Path, trainer: str, dense: bool, budget: str, env: dict) -> dict:
     from nnunet_scribble.evaluation.evaluate_folder import evaluate_folders
     from nnunet_scribble.training.budget_variants import ITERATION_BUDGETS
@@ -161,7 +166,7 @@ def run_trainer(work: Path, trainer: str, dense: bool, budget: str, env: dict) -
         "peak_rss_mb": peak_mb if peak_mb is not None else previous.get("peak_rss_mb"),
         "date": previous.get("date", date.today().isoformat()),
         "machine": previous.get("machine", f"{platform.machine()}, {os.cpu_count()} cores, CPU only"),
-        "command": f"python benchmarks/acdc_quick.py --work WORK --budget {budget} "
+        "command": sam_settings(env) + f"python benchmarks/acdc_quick.py --work WORK --budget {budget} "
                    + (STOCK + " --dense (stock trainer on Dataset127)" if dense else trainer),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
