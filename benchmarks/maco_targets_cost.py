@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt, zoom
 
+from results_file import write_generated_section
+
 from nnunet_scribble.targets.cpl import cpl_targets
 from nnunet_scribble.targets.gc_region import gc_region
 from nnunet_scribble.targets.mcm import apply_mcm, mcm_keep_mask
@@ -302,13 +304,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        head = ""
-        if os.path.exists(args.out):  # keep the hand-written reading above the marker
-            old = open(args.out).read()
-            if MARKER in old:
-                head = old[:old.index(MARKER) + len(MARKER)] + "\n\n"
-        with open(args.out, "w") as f:
-            f.write(head + text)
+        write_generated_section(args.out, MARKER, text)
 
 
 if __name__ == "__main__":
