@@ -97,3 +97,16 @@ def tiny_copy(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_CHECKPOINT, raising=False)
     patch_tiny_spec(monkeypatch, "vit_b")
     return tmp_path, name
+
+
+def run_demo_cli(out: Path, trainer: str, unset_env=()) -> "subprocess.CompletedProcess":
+    """``nnunet-scribble demo`` with TRAINER on 6 training / 2 test cases on the CPU, in a child process,
+    writing to ``out``; fails the test (showing the output) unless it succeeds."""
+    env = {**os.environ, **CPU_ENV}
+    for name in ("nnUNet_extTrainer", *unset_env):   # the demo sets nnUNet_extTrainer itself
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", trainer,
+                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

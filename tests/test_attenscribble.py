@@ -2,16 +2,13 @@
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from conftest import CPU_ENV
+from conftest import run_demo_cli
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.ext_trainers import TRAINERS_PATH
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
@@ -338,13 +335,8 @@ def test_train_step_logs_three_terms(nnunet_paths):
 def test_demo_end_to_end_through_the_cli(tmp_path):
     """Plan/preprocess, train 1 epoch, stock nnUNetv2_predict (rebuilds the attention network), evaluate."""
     out = tmp_path / "demo"
-    env = {**os.environ, **CPU_ENV}
-    env.pop("nnUNet_extTrainer", None)
     trainer = "nnUNetTrainerAttenScribble_1epoch"
-    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", trainer,
-                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_demo_cli(out, trainer)
     summary = json.loads((out / "predictions" / f"{trainer}_fold0" / "summary_dense.json").read_text())
     assert summary["n_cases"] == 2 and summary["mean"]["Dice"] > 0.3
     fold = out / "nnUNet_results" / "Dataset990_ScribbleDemo" / f"{trainer}__nnUNetPlans__2d" / "fold_0"

@@ -1,13 +1,11 @@
 """The demo dataset (content, reuse, refusal) and one end-to-end run through the real CLI."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CPU_ENV
+from conftest import run_demo_cli
 from nnunet_scribble.demo.run import DATASET_NAME, write_dataset
 from nnunet_scribble.demo.synthetic import IGNORE, make_dataset
 from nnunet_scribble.errors import UserFacingError
@@ -43,12 +41,7 @@ def test_dataset_is_reused_or_refused(tmp_path):
 def test_demo_end_to_end_through_the_cli(tmp_path):
     """Plan/preprocess, train 1 epoch, nnUNetv2_predict, dense evaluation: all through the real commands."""
     out = tmp_path / "demo"
-    env = {**__import__("os").environ, **CPU_ENV}
-    env.pop("nnUNet_extTrainer", None)   # the demo sets it itself
-    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", "nnUNetTrainerPCE_1epoch",
-                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_demo_cli(out, "nnUNetTrainerPCE_1epoch")
     assert "| class | Dice | HD95 (mm) |" in proc.stdout
     summary = json.loads((out / "predictions" / "nnUNetTrainerPCE_1epoch_fold0" / "summary_dense.json").read_text())
     assert summary["n_cases"] == 2

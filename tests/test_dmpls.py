@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-from conftest import CPU_ENV
+from conftest import run_demo_cli
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
 from nnunet_scribble.networks.dual_decoder import (DualDecoderUNet, build_dual_decoder_network, feature_dropout,
                                                    full_resolution)
@@ -356,12 +356,7 @@ def test_demo_end_to_end_dmpls(tmp_path):
     from nnunet_scribble.demo.run import DATASET_NAME
     trainer = "nnUNetTrainerDMPLS_1epoch"
     out = tmp_path / "demo"
-    env = {**os.environ, **CPU_ENV}
-    env.pop("nnUNet_extTrainer", None)
-    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", trainer,
-                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_demo_cli(out, trainer)
     summary = json.loads((out / "predictions" / f"{trainer}_fold0" / "summary_dense.json").read_text())
     assert summary["n_cases"] == 2 and np.isfinite(summary["mean"]["Dice"])
     fold = out / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" / "fold_0"

@@ -2,8 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 
 import conftest
-from conftest import CPU_ENV
+from conftest import run_demo_cli
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.targets.cpl import cpl_targets
 from nnunet_scribble.targets.cpl_transform import AppendCPLTransform
@@ -121,12 +119,7 @@ def test_found_through_ext_trainer_path(monkeypatch):
 @pytest.mark.slow
 def test_demo_through_the_cli(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, **CPU_ENV}
-    env.pop("nnUNet_extTrainer", None)
-    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", "nnUNetTrainerMaCo_1epoch",
-                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_demo_cli(out, "nnUNetTrainerMaCo_1epoch")
     summary = json.loads((out / "predictions" / "nnUNetTrainerMaCo_1epoch_fold0" / "summary_dense.json").read_text())
     assert summary["n_cases"] == 2 and np.isfinite(summary["mean"]["Dice"])
     fold = next((out / "nnUNet_results").glob("*/nnUNetTrainerMaCo_1epoch__nnUNetPlans__2d/fold_0"))

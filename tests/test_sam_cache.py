@@ -59,6 +59,18 @@ def test_cache_hit_and_resume_after_a_partial_write(tiny_copy):
     assert all(os.stat(cache.case_file(c)).st_mtime_ns == mtimes[c] for c in cases if c != victim)
 
 
+def test_encoder_batch_defaults_to_one_slice_on_the_cpu_and_four_on_a_gpu(tiny_copy):
+    """On the CPU batching made LiteMedSAM's encoder ~2x slower per slice (benchmarks/results)."""
+    from types import SimpleNamespace
+
+    root, name = tiny_copy
+    ds, cache = _cache(name, write_tiny_sam(str(root / "tiny.pth")))
+    assert cache.batch_size == 1
+    gpu = SimpleNamespace(device="cuda:0", key="gpu-backend")
+    assert EmbeddingCache(ds, gpu).batch_size == 4
+    assert EmbeddingCache(ds, gpu, batch_size=2).batch_size == 2
+
+
 def test_cache_invalidation(tiny_copy):
     root, name = tiny_copy
     ckpt = write_tiny_sam(str(root / "tiny.pth"))

@@ -9,6 +9,7 @@ import pytest
 
 from nnunet_scribble.cli import main
 from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
+from nnunet_scribble.sam.pseudolabels import ENV_EPOCHS
 from nnunet_scribble.sam.testing import write_tiny_sam
 
 
@@ -81,7 +82,7 @@ def test_cli_writes_pseudolabels_for_the_training_cases_only(tiny_copy, capsys, 
     assert not (fold / "round_2").exists()
 
 
-def test_cli_errors(tiny_copy, capsys):
+def test_cli_errors(tiny_copy, capsys, monkeypatch):
     root, name = tiny_copy
     ckpt = write_tiny_sam(str(root / "tiny_vit_b.pth"))
     base = ["sam-pseudolabels", "-d", name, "-f", "0", "--backend", "vit_b", "--checkpoint", ckpt, "--device", "cpu",
@@ -89,6 +90,12 @@ def test_cli_errors(tiny_copy, capsys):
     # no checkpoint for an official SAM
     assert main(["sam-pseudolabels", "-d", name, "-f", "0", "--backend", "vit_l"]) == 2
     assert f"--checkpoint FILE or set {ENV_CHECKPOINT}" in capsys.readouterr().err
+
+    # fine-tuning epochs default to the environment variable the trainer also reads
+    monkeypatch.setenv(ENV_EPOCHS, "-1")
+    assert main(base) == 2
+    assert f"{ENV_EPOCHS}='-1' is not a non-negative integer" in capsys.readouterr().err
+    monkeypatch.delenv(ENV_EPOCHS)
 
     # a training set without foreground scribbles
     import blosc2

@@ -1,14 +1,12 @@
 """nnUNetTrainerSAMSP: the loss (hand values), the SAM stages run from the trainer, the real CLI end to end."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CPU_ENV, make_trainer
+from conftest import make_trainer, run_demo_cli
 from nnunet_scribble.losses.dmpls import soft_dice_loss
 from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
 from nnunet_scribble.sam.testing import write_tiny_sam
@@ -156,13 +154,7 @@ def test_demo_end_to_end_samsp_with_litemedsam(tmp_path):
     from nnunet_scribble.demo.run import DATASET_NAME
     trainer = "nnUNetTrainerSAMSP_1epoch"
     out = tmp_path / "demo"
-    env = {**os.environ, **CPU_ENV}
-    for k in ("nnUNet_extTrainer", ENV_BACKEND, ENV_CHECKPOINT):
-        env.pop(k, None)
-    proc = subprocess.run([sys.executable, "-m", "nnunet_scribble.cli", "demo", "--trainer", trainer,
-                           "--n-train", "6", "--n-test", "2", "--output", str(out), "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_demo_cli(out, trainer, unset_env=(ENV_BACKEND, ENV_CHECKPOINT))
     summary = json.loads((out / "predictions" / f"{trainer}_fold0" / "summary_dense.json").read_text())
     assert summary["n_cases"] == 2 and np.isfinite(summary["mean"]["Dice"])
     fold = out / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" / "fold_0"
