@@ -47,7 +47,9 @@ import time
 import torch
 
 from nnunet_scribble.networks.dual_decoder import full_resolution
-from nnunet_scribble.sam.pseudolabels import DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS, setting_from_env
+from nnunet_scribble.sam.decoder import FinetuneConfig
+from nnunet_scribble.sam.pseudolabels import (DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS, StageBConfig,
+                                              run_pseudolabels, setting_from_env)
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.dmpls import nnUNetTrainerDMPLS
 
@@ -70,10 +72,7 @@ class nnUNetTrainerSAMSP(nnUNetTrainerDMPLS):
         self._created = time.time()
 
     # ---- SAM stages A + B ---------------------------------------------------------------------
-    def stage_b_config(self):
-        from nnunet_scribble.sam.decoder import FinetuneConfig
-        from nnunet_scribble.sam.pseudolabels import StageBConfig
-
+    def stage_b_config(self) -> StageBConfig:
         return StageBConfig(rounds=setting_from_env(self.sam_rounds, ENV_ROUNDS, DEFAULT_ROUNDS),
                             finetune=FinetuneConfig(epochs=setting_from_env(self.sam_finetune_epochs, ENV_EPOCHS,
                                                                             DEFAULT_EPOCHS)))
@@ -83,8 +82,6 @@ class nnUNetTrainerSAMSP(nnUNetTrainerDMPLS):
         ready = os.path.join(self.output_folder, READY_FILE)
         if self.local_rank != 0:
             return self._wait_for_rank0(ready)
-        from nnunet_scribble.sam.pseudolabels import run_pseudolabels
-
         self.print_to_log_file("SAM-SP: preparing SAM pseudo-labels (stages A and B; finished work is reused)")
         config = self.stage_b_config()
         result = run_pseudolabels(self.plans_manager.dataset_name, self.configuration_name, self.fold,
