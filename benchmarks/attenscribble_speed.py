@@ -3,7 +3,7 @@
     python benchmarks/attenscribble_speed.py --work WORK            # timing + peak memory, appends to --out
     python benchmarks/attenscribble_speed.py --intensity-stats      # ACDC intensity statistics (sigma_I)
 
-``WORK`` is the work folder of ``benchmarks/acdc_quick.py`` (preprocessed Dataset027_ACDCScribble with
+``WORK`` is the work folder of ``benchmarks/quick_protocol.py`` (preprocessed Dataset027_ACDCScribble with
 its ``2d_quick`` configuration: quarter-width 2D U-Net, batch 8, patch 256 x 224). What is timed:
 
 - One process builds the trainers on the same plans/configuration/fold (``initialize()``; CPU; no
@@ -277,7 +277,7 @@ def intensity_stats(acdc: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, help="work folder of benchmarks/acdc_quick.py")
+    p.add_argument("--work", type=Path, help="work folder of benchmarks/quick_protocol.py")
     p.add_argument("--dataset", default=DATASET)
     p.add_argument("--configuration", default=CONFIG)
     p.add_argument("--batches", type=int, default=8)
@@ -297,7 +297,7 @@ def main() -> None:
         peak_memory_child(args.memory_child, str(args.work), args.dataset, args.configuration, args.batches_file,
                           args.threads, args.batch_size)
     elif args.work is None:
-        p.error("--work is required (prepare it with benchmarks/acdc_quick.py)")
+        p.error("--work is required (prepare it with benchmarks/quick_protocol.py)")
     else:
         run_speed(args)
 

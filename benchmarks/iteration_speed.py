@@ -3,7 +3,7 @@
     python benchmarks/iteration_speed.py --work WORK nnUNetTrainer nnUNetTrainerPCE nnUNetTrainerMaCo
 
 Every trainer is built in this process on ``WORK``'s preprocessed ACDC scribble dataset (made by
-``benchmarks/acdc_quick.py``) with the same configuration (default ``2d_quick``: quarter-width 2D
+``benchmarks/quick_protocol.py``) with the same configuration (default ``2d_quick``: quarter-width 2D
 U-Net, batch 8, patch 256x224) and fold ``all``. The trainers take turns, one iteration each, so
 they share the machine's load equally (the dev machine is shared). Per iteration two times are taken:
 
@@ -47,7 +47,7 @@ def build(trainer_name: str, work: Path, dataset: str, configuration: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trainers", nargs="+", help="trainer class names; the first is the reference (ratio 1)")
-    p.add_argument("--work", type=Path, required=True, help="work folder of benchmarks/acdc_quick.py")
+    p.add_argument("--work", type=Path, required=True, help="work folder of benchmarks/quick_protocol.py")
     p.add_argument("--dataset", default="Dataset027_ACDCScribble")
     p.add_argument("--configuration", default="2d_quick")
     p.add_argument("--iterations", type=int, default=20)
