@@ -23,7 +23,7 @@ IGNORE = 4
 
 
 # ---- masked gated CRF -------------------------------------------------------------------------------
-def crf_bruteforce(y, image, unlabeled, radius, sigma_xy, sigma_i, spacing=None):
+def crf_bruteforce(y, image, unlabeled, radius, sigma_xy, sigma_i, spacing=None, neighbours_unlabeled=True):
     """O(N^2) reference: every pair of voxels, the kernel and window written out literally."""
     spatial = y.shape[2:]
     spacing = spacing or [1.0] * len(spatial)
@@ -38,8 +38,20 @@ def crf_bruteforce(y, image, unlabeled, radius, sigma_xy, sigma_i, spacing=None)
     for b in range(y.shape[0]):
         d_i = ((imf[b][:, :, None] - imf[b][:, None, :]) ** 2).sum(0)
         k = torch.exp(-(diff ** 2).sum(-1) / (2 * sigma_xy ** 2) - d_i / (2 * sigma_i ** 2)) * in_window
-        total = total + (k * (1 - yf[b].T @ yf[b]) * mf[b][:, None] * mf[b][None]).sum()
+        mask_j = mf[b][None] if neighbours_unlabeled else 1.0
+        total = total + (k * (1 - yf[b].T @ yf[b]) * mf[b][:, None] * mask_j).sum()
     return total / mf.sum()
+
+
+def crf_example_3x3():
+    """Image columns 0|0|1; prediction class 0 left and middle, class 1 right; centre voxel scribbled."""
+    image = torch.tensor([[0.0, 0.0, 1.0]] * 3).reshape(1, 1, 3, 3)
+    y = torch.zeros(1, 2, 3, 3)
+    y[0, 0, :, :2] = 1
+    y[0, 1, :, 2] = 1
+    unlabeled = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    unlabeled[0, 0, 1, 1] = False
+    return image, y, unlabeled
 
 
 def test_crf_hand_computed_3x3():
@@ -51,12 +63,7 @@ def test_crf_hand_computed_3x3():
     r = 2 adds column 0 - column 2 (dI=1): 3 pairs |d|^2=4, 4 pairs |d|^2=5, 2 pairs |d|^2=8, and
     (0,1)-(2,2), (2,1)-(0,2) with |d|^2=5.
     """
-    image = torch.tensor([[0.0, 0.0, 1.0]] * 3).reshape(1, 1, 3, 3)
-    y = torch.zeros(1, 2, 3, 3)
-    y[0, 0, :, :2] = 1
-    y[0, 1, :, 2] = 1
-    unlabeled = torch.ones(1, 1, 3, 3, dtype=torch.bool)
-    unlabeled[0, 0, 1, 1] = False
+    image, y, unlabeled = crf_example_3x3()
     e = math.exp
     expected_r1 = 2 * (2 * e(-1) + 2 * e(-1.5)) / 8
     got = masked_gated_crf_loss(y, image, unlabeled, radius=1, sigma_xy=1.0, sigma_intensity=1.0)
@@ -70,17 +77,38 @@ def test_crf_hand_computed_3x3():
         pytest.approx(2 * (e(-1) + e(-1.5)) / 7, rel=1e-6)
 
 
+def test_crf_hand_computed_3x3_with_labelled_neighbours():
+    """The 3x3 example with the authors' masking (centres unlabeled, neighbours anything).
+
+    The scribbled centre (1,1) (class 0) is now a neighbour of every unlabeled voxel; it disagrees with
+    the right column: (0,2),(2,2) at |d|^2=2 and (1,2) at |d|^2=1, each dI=1, once each (only as j).
+    """
+    image, y, unlabeled = crf_example_3x3()
+    e = math.exp
+    expected = (2 * (2 * e(-1) + 2 * e(-1.5)) + 2 * e(-1.5) + e(-1)) / 8
+    got = masked_gated_crf_loss(y, image, unlabeled, radius=1, sigma_xy=1.0, sigma_intensity=1.0,
+                                unlabeled_neighbours_only=False)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # the scribbled voxel itself gets a gradient now (it is pulled towards its unlabeled neighbours)
+    y.requires_grad_()
+    masked_gated_crf_loss(y, image, unlabeled, radius=1, sigma_xy=1.0, sigma_intensity=1.0,
+                          unlabeled_neighbours_only=False).backward()
+    assert torch.count_nonzero(y.grad[0, :, 1, 1]) > 0
+
+
+@pytest.mark.parametrize("neighbours_unlabeled", [True, False])
 @pytest.mark.parametrize("shape,spacing", [((2, 3, 7, 6), None), ((2, 3, 7, 6), (2.0, 1.0)),
                                            ((2, 2, 4, 5, 6), None), ((1, 3, 5, 6, 7), (3.0, 1.0, 1.0))])
-def test_crf_shifted_windows_equal_bruteforce(shape, spacing):
+def test_crf_shifted_windows_equal_bruteforce(shape, spacing, neighbours_unlabeled):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(shape, generator=gen, dtype=torch.float64)
     image = torch.randn((shape[0], 2) + shape[2:], generator=gen)
     unlabeled = torch.rand((shape[0], 1) + shape[2:], generator=gen) > 0.3
     y = torch.softmax(logits.float(), 1).requires_grad_()
-    loss = masked_gated_crf_loss(y, image, unlabeled, radius=2, sigma_xy=1.5, sigma_intensity=0.8, spacing=spacing)
+    loss = masked_gated_crf_loss(y, image, unlabeled, radius=2, sigma_xy=1.5, sigma_intensity=0.8, spacing=spacing,
+                                 unlabeled_neighbours_only=neighbours_unlabeled)
     y_ref = y.detach().double().requires_grad_()
-    ref = crf_bruteforce(y_ref, image, unlabeled, 2, 1.5, 0.8, spacing)
+    ref = crf_bruteforce(y_ref, image, unlabeled, 2, 1.5, 0.8, spacing, neighbours_unlabeled)
     loss.backward()
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -329,6 +357,21 @@ def test_train_step_logs_three_terms(nnunet_paths):
     assert float(out["loss"]) == pytest.approx(sum(terms.values()), rel=1e-5)
     assert block.window_attention is None                        # released after the loss
     assert not torch.equal(before, block.similarity.weight)      # the conv1x1 is trained
+
+
+def test_regularizer_rampup_factor():
+    """exp(-5 (1 - t)^2), t = epoch / (fraction * epochs), capped at 1; fraction 0 switches it off."""
+    from types import SimpleNamespace
+
+    def factor(epoch, fraction=0.1, epochs=100):
+        state = SimpleNamespace(regularizer_rampup_fraction=fraction, num_epochs=epochs, current_epoch=epoch)
+        return nnUNetTrainerAttenScribble.regularizer_factor(state)
+
+    assert factor(0) == pytest.approx(math.exp(-5))
+    assert factor(5) == pytest.approx(math.exp(-1.25))             # t = 0.5
+    assert factor(10) == 1.0 and factor(99) == 1.0
+    assert factor(0, fraction=0.0) == 1.0
+    assert factor(1, epochs=40) == pytest.approx(math.exp(-5 * 0.75 ** 2))   # the 1000-it budget: 4 ramp epochs
 
 
 @pytest.mark.slow

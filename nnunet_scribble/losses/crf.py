@@ -3,6 +3,11 @@
     L_mcrf = 1/|U| sum_{i in U} sum_{j in U, 0 < |i-j|_inf <= r} k_ij (1 - sum_c y_ic y_jc)
     k_ij   = exp(-|d_ij|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_I^2))
 
+With ``unlabeled_neighbours_only=False`` the neighbours ``j`` range over all voxels (only the centres
+``i`` are restricted to ``U``): the authors' code (Gated CRF with ``mask_dst`` = unlabeled, no
+``mask_src``). Scribbled voxels then pull their unlabeled neighbours towards their prediction (and are
+pulled back), so the CRF propagates the scribbles; the eq. 4 form only smooths among unlabeled voxels.
+
 ``U`` = unlabeled voxels (not scribbled; with the scribble trainers, patch padding outside the image
 is ``ignore`` and therefore in ``U``, as in the paper, which includes the rotation margins). ``y`` =
 softmax probabilities, ``I`` = the network input (all channels; ``|dI|^2`` sums over channels).
@@ -17,7 +22,9 @@ stays in-plane; isotropic data: the full ``(2r+1)^D`` box). Without ``spacing`` 
 Cost: shifted windows, never an N x N matrix. One pass over the ``((2r+1)^D - 1) / 2`` offsets of a
 half window (each unordered pair once) accumulates ``G_i = sum_j w_ij y_j`` with
 ``w_ij = k_ij [i in U][j in U]``; then ``L = (sum_ij w_ij - sum_i y_i . G_i) / |U|`` and, because
-``w`` is symmetric, ``dL/dy_i = -2 G_i / |U|``. The gradient is written out (a custom autograd
+``w`` is symmetric, ``dL/dy_i = -2 G_i / |U|``. (All neighbours: ``w_ij = k_ij [i in U]`` is not
+symmetric; the pass accumulates ``K y``, ``K (m y)`` and ``K 1`` and ``dL/dy_i = -(m_i (K y)_i +
+(K (m y))_i) / |U|``.) The gradient is written out (a custom autograd
 Function), so memory is O(N C) whatever the window (autograd through the loop would keep
 O(N x window) intermediates), and time is O(N C x window). The kernel depends on the image only; no
 gradient reaches ``image`` or the mask.
@@ -77,17 +84,21 @@ def _pair_slices(offset: Sequence[int], shape: Sequence[int]):
 
 
 def _accumulate(y: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, offsets, log_spatial,
-                inv_two_sigma_i_sq: float):
-    """``(sum_ij w_ij (1 - y_i . y_j), G)`` over ordered pairs, ``G_i = sum_j w_ij y_j`` (float32, no autograd).
+                inv_two_sigma_i_sq: float, unlabeled_neighbours_only: bool = True):
+    """``(sum_ij w_ij (1 - y_i . y_j), G)`` over ordered pairs with ``dE/dy = -2 G`` (float32, no autograd).
 
-    ``w_ij = k_ij m_i m_j``. The mask rides as an extra channel of ``z = m [y, 1]`` so that one
-    accumulation ``sum_j k_ij z_j`` gives both ``G`` and the pair-weight sum; the kernel of each offset
-    is computed in place in one preallocated buffer (allocating per offset costs more than the maths
-    on CPU).
+    ``w_ij = k_ij m_i m_j`` (``G_i = sum_j w_ij y_j``) or, with ``unlabeled_neighbours_only=False``,
+    ``w_ij = k_ij m_i`` (``G = (m K y + K (m y)) / 2``). The mask rides as extra channels of ``z``
+    (``m [y, 1]`` or ``[y, m y, 1]``) so that one accumulation ``sum_j k_ij z_j`` gives everything;
+    the kernel of each offset is computed in place in one preallocated buffer (allocating per offset
+    costs more than the maths on CPU).
     """
     shape = y.shape[2:]
     n_cls = y.shape[1]
-    z = torch.cat([y * mask, mask], dim=1)
+    if unlabeled_neighbours_only:
+        z = torch.cat([y * mask, mask], dim=1)
+    else:
+        z = torch.cat([y, y * mask, torch.ones_like(mask)], dim=1)
     acc = torch.zeros_like(z)
     kbuf = torch.empty((image.shape[0], 1) + tuple(shape), dtype=image.dtype, device=image.device)
     for offset, log_s in zip(offsets, log_spatial):
@@ -103,18 +114,23 @@ def _accumulate(y: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, offset
         k.mul_(-inv_two_sigma_i_sq).add_(log_s).exp_()
         acc[si].addcmul_(z[sj], k)
         acc[sj].addcmul_(z[si], k)
-    pair_weight = (z[:, n_cls:] * acc[:, n_cls:]).sum()
-    agreement = (z[:, :n_cls] * acc[:, :n_cls]).sum()
-    return pair_weight - agreement, acc[:, :n_cls] * mask
+    if unlabeled_neighbours_only:
+        pair_weight = (z[:, n_cls:] * acc[:, n_cls:]).sum()
+        agreement = (z[:, :n_cls] * acc[:, :n_cls]).sum()
+        return pair_weight - agreement, acc[:, :n_cls] * mask
+    k_y, k_my, k_1 = acc[:, :n_cls], acc[:, n_cls:2 * n_cls], acc[:, 2 * n_cls:]
+    energy = (mask * k_1).sum() - (z[:, n_cls:2 * n_cls] * k_y).sum()
+    return energy, (mask * k_y + k_my) * 0.5
 
 
 class _MaskedGatedCRF(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, image, mask, offsets, log_spatial, inv_two_sigma_i_sq):
+    def forward(ctx, y, image, mask, offsets, log_spatial, inv_two_sigma_i_sq, unlabeled_neighbours_only):
         with torch.no_grad():
             y32 = y.detach().float()
             m = mask.detach().to(torch.float32)
-            energy, g = _accumulate(y32, image.detach().float(), m, offsets, log_spatial, inv_two_sigma_i_sq)
+            energy, g = _accumulate(y32, image.detach().float(), m, offsets, log_spatial, inv_two_sigma_i_sq,
+                                    unlabeled_neighbours_only)
             n_u = m.sum().clamp_min(1.0)
             loss = energy / n_u
         ctx.save_for_backward(g, n_u)
@@ -125,12 +141,13 @@ class _MaskedGatedCRF(torch.autograd.Function):
     def backward(ctx, grad_out):
         g, n_u = ctx.saved_tensors
         grad_y = (g * (-2.0 * grad_out / n_u)).to(ctx.y_dtype)
-        return grad_y, None, None, None, None, None
+        return grad_y, None, None, None, None, None, None
 
 
 def masked_gated_crf_loss(y: torch.Tensor, image: torch.Tensor, unlabeled: torch.Tensor, radius: int = 5,
                           sigma_xy: float = 6.0, sigma_intensity: float = 0.7,
-                          spacing: Sequence[float] | None = None) -> torch.Tensor:
+                          spacing: Sequence[float] | None = None,
+                          unlabeled_neighbours_only: bool = True) -> torch.Tensor:
     """``L_mcrf`` (see the module docstring) for 2D or 3D batches.
 
     Args:
@@ -141,6 +158,7 @@ def masked_gated_crf_loss(y: torch.Tensor, image: torch.Tensor, unlabeled: torch
         sigma_xy: spatial sigma (units of the finest spacing).
         sigma_intensity: intensity sigma (units of the image, i.e. z-scores for nnU-Net inputs).
         spacing: voxel spacing per spatial axis (any unit); ``None`` = unit voxels.
+        unlabeled_neighbours_only: ``j`` in ``U`` too (eq. 4); ``False``: any ``j`` (the authors' code).
 
     Returns:
         scalar float32 loss; 0 (connected to ``y``) when ``U`` is empty.
@@ -158,4 +176,5 @@ def masked_gated_crf_loss(y: torch.Tensor, image: torch.Tensor, unlabeled: torch
         raise ValueError("sigmas must be positive")
     offsets = half_window_offsets(window_radii(radius, len(spatial), spacing))
     log_spatial = [-offset_distance_sq(o, spacing) / (2.0 * sigma_xy ** 2) for o in offsets]
-    return _MaskedGatedCRF.apply(y, image, unlabeled, offsets, log_spatial, 1.0 / (2.0 * sigma_intensity ** 2))
+    return _MaskedGatedCRF.apply(y, image, unlabeled, offsets, log_spatial, 1.0 / (2.0 * sigma_intensity ** 2),
+                                 unlabeled_neighbours_only)

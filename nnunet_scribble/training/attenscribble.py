@@ -28,7 +28,17 @@ Deviations from the paper / the authors' code, and guesses:
   in-plane only). The paper works on 2D slices resized to 256 x 256 (ACDC pixels ~1.5 mm; nnU-Net's
   2d spacing is similar, so 6 pixels is about the same physical sigma).
 - The CRF window is ``|i-j|_inf <= r`` (the Gated CRF code's 11 x 11 box; the paper's eq. 4 writes ``< r``)
-  and both ``i`` and ``j`` must be unlabeled (eq. 4; the authors' code masks only ``i``).
+  and both ``i`` and ``j`` must be unlabeled (eq. 4; the authors' code masks only ``i``:
+  ``crf_unlabeled_neighbours_only = False``).
+- Regularizer ramp-up (not in the paper): both weights rise as ``exp(-5 (1 - t)^2)`` over the first
+  ``regularizer_rampup_fraction`` = 10 % of the epochs (0 switches it off). At initialisation
+  ``0.1 L_mcrf`` (~5.3) and ``0.1 L_atn`` (~3.0) are 2-4x the partial loss (~1.4) and pull every voxel
+  towards its neighbours' (near-uniform) prediction; with nnU-Net's SGD (momentum 0.99) the network
+  on ACDC ``2d_quick`` then predicted background everywhere within 25 iterations and never recovered
+  RV/LV in 1000 iterations (test mean Dice 0.006; ``benchmarks/results/acdc_quick.md``). Short probes
+  located it (LV recall on validation scribbles after 50 iterations): no extra loss 0.30-0.59, CRF
+  alone 0.11-0.42, L_atn alone 0.24-0.54, both 0.02-0.05, both with the authors' CRF masking the same. The authors' code trains with
+  momentum 0.9 and has a (for ACDC disabled) start iteration for ``L_atn``.
 - ``S`` uses the attention's own (``1/sqrt(d)``-scaled) softmax, as in the paper's text; the authors' code
   re-applies a softmax to the unscaled ``QK^T`` for the loss (one extra N x N softmax).
 - ``L_atn``'s single-class test uses the scribble classes in the patch, never dense labels (the
@@ -71,10 +81,12 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
     # loss weights
     crf_weight: float = 0.1
     attention_weight: float = 0.1
+    regularizer_rampup_fraction: float = 0.1  # both weights ramp up over this fraction of the epochs (0: off)
     # masked gated CRF
     crf_radius: int = 5
     crf_sigma_xy: float = 6.0
     crf_sigma_intensity: float = 0.7          # z-score units (see module docstring)
+    crf_unlabeled_neighbours_only: bool = True
     crf_use_spacing: bool = True
     # self-attention block
     attention_stage: int = 2                  # preferred encoder stage (2 = 1/4 resolution for stock plans)
@@ -145,6 +157,21 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         return tuple(float(v) * float(c) for v, c in zip(spacing, cum))
 
     # ---- loss -------------------------------------------------------------------------------------
+    def regularizer_factor(self) -> float:
+        """Sigmoid ramp-up ``exp(-5 (1 - t)^2)``, ``t = epoch / (rampup_fraction * num_epochs)`` capped at 1,
+        applied to both regularizer weights (1 without ramp-up)."""
+        if self.regularizer_rampup_fraction <= 0:
+            return 1.0
+        t = min(1.0, self.current_epoch / (self.regularizer_rampup_fraction * self.num_epochs))
+        return float(np.exp(-5.0 * (1.0 - t) ** 2))
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        factor = self.regularizer_factor()
+        if factor < 1.0:
+            self.print_to_log_file(f"AttenScribble: regularizer ramp-up, weights x {factor:.4f} "
+                                   f"(L_mcrf {self.crf_weight * factor:.4g}, L_atn {self.attention_weight * factor:.4g})")
+
     def compute_loss_terms(self, data, scribbles, extras) -> dict[str, torch.Tensor]:
         output = self.network(data)
         terms = {"partial": self.loss(output, scribbles)}
@@ -152,15 +179,17 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         scribble = scribbles[0] if isinstance(scribbles, (list, tuple)) else scribbles
         ignore = self.label_manager.ignore_label
         y = torch.softmax(logits.float(), dim=1)
+        ramp = self.regularizer_factor()
         if self.crf_weight:
-            terms["mcrf"] = self.crf_weight * masked_gated_crf_loss(
+            terms["mcrf"] = ramp * self.crf_weight * masked_gated_crf_loss(
                 y, data, scribble == ignore, radius=self.crf_radius, sigma_xy=self.crf_sigma_xy,
-                sigma_intensity=self.crf_sigma_intensity, spacing=self._voxel_spacing())
+                sigma_intensity=self.crf_sigma_intensity, spacing=self._voxel_spacing(),
+                unlabeled_neighbours_only=self.crf_unlabeled_neighbours_only)
         if self.attention_weight:
             block = find_attention_block(self.network)
             window_attention, grid = block.pop_attention()
             unlabeled = unlabeled_tokens(scribble, ignore, grid) if self.attention_loss_unlabeled_only else None
-            terms["attention"] = self.attention_weight * attentive_similarity_loss(
+            terms["attention"] = ramp * self.attention_weight * attentive_similarity_loss(
                 window_attention, y, grid, block.similarity, radius=block.window_radius, sigma=self.attention_sigma,
                 spacing=block.window_spacing, valid=samples_with_several_scribble_classes(scribble, ignore),
                 unlabeled=unlabeled)
