@@ -2,7 +2,7 @@
 
 Formulation (``docs/methods/attenscribble.md`` has the long version)::
 
-    L = L_part + 0.1 L_mcrf + 0.1 L_atn
+    L = L_part + 0.1 L_mcrf + 0.1 L_atn      (both 0.1 ramped up over the first 10 % of the epochs)
 
 - ``L_part``: nnU-Net's ignore-aware Dice + CE on the scribbled voxels, with deep supervision.
 - Network: nnU-Net's planned U-Net with a spatial self-attention block (1 head, dim = stage channels,
