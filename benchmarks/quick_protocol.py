@@ -114,7 +114,7 @@ def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, en
     if not (raw / scribble_name).is_dir():
         run(protocol.convert(data), env, work / "logs" / f"convert_{scribble_id}.log")
     if dense:
-        dense_id, dense_name = protocol.dense
+        dense_name = protocol.dense[1]
         if not (raw / dense_name).is_dir():
             derive_dense_dataset(raw / scribble_name, raw / dense_name)
         datasets.append(protocol.dense)
@@ -180,6 +180,7 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
 
     dataset_id, name = protocol.dense if dense else protocol.scribble
     variant = f"{trainer}_{budget}"
+    # ACDC runs keep the unprefixed names they had before other protocols existed (finished runs are reused)
     run_name = (f"{protocol.name}_" if protocol.name != "acdc" else "") + variant + (f"_{tag}" if tag else "")
     out_json = work / "results" / f"{run_name}{'_dense' if dense else ''}.json"
     iterations_per_epoch = ITERATION_BUDGETS[budget][1]
@@ -241,8 +242,10 @@ def write_table(protocol: Protocol, results: list[dict], out: Path) -> Path:
     return md
 
 
-def run_label(r: dict) -> str:
-    return f"`{r['variant']}`" + (f" [{r['tag']}]" if r.get("tag") else "")
+def run_label(r: dict, code: bool = True) -> str:
+    """``variant [tag]``, the variant as Markdown code unless ``code`` is False (plot legends)."""
+    variant = f"`{r['variant']}`" if code else r["variant"]
+    return variant + (f" [{r['tag']}]" if r.get("tag") else "")
 
 
 def budget_table(results: list[dict]) -> list[str]:
@@ -277,7 +280,7 @@ def plot(results: list[dict], bound: dict | None, path: Path) -> None:
     for i, r in enumerate(results):
         dice = [c["Dice_mean"] for c in r["per_class"].values()]
         hd = [c["HD95_mean"] for c in r["per_class"].values()]
-        name = r["variant"] + (f" [{r['tag']}]" if r.get("tag") else "")
+        name = run_label(r, code=False)
         ax_d.bar(x + i * width, dice, width, label=name)
         ax_h.bar(x + i * width, hd, width, label=name)
     if bound:

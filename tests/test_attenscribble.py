@@ -359,6 +359,27 @@ def test_train_step_logs_three_terms(nnunet_paths):
     assert not torch.equal(before, block.similarity.weight)      # the conv1x1 is trained
 
 
+def test_ramp_up_scales_both_regularizers_in_the_loss(nnunet_paths):
+    """At epoch 0 of 2 (ramp over 0.2 epochs) both regularizer terms are exp(-5) of their full weight."""
+    root, name = nnunet_paths
+    plans, dataset_json, _, _ = plans_and_managers(root, name)
+    trainer = nnUNetTrainerAttenScribble_2epochs(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.dataloader_train, _ = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    scribbles = [t[:, :1] for t in batch["target"]]
+    extras = [t[:, 1:] for t in batch["target"]]
+    trainer.network.train()
+    with torch.no_grad():
+        ramped = trainer.compute_loss_terms(batch["data"], scribbles, extras)
+        trainer.regularizer_rampup_fraction = 0.0
+        full = trainer.compute_loss_terms(batch["data"], scribbles, extras)
+    assert float(ramped["partial"]) == pytest.approx(float(full["partial"]), rel=1e-5)
+    for term in ("mcrf", "attention"):
+        assert float(full[term]) > 0
+        assert float(ramped[term]) == pytest.approx(math.exp(-5) * float(full[term]), rel=1e-4)
+
+
 def test_regularizer_rampup_factor():
     """exp(-5 (1 - t)^2), t = epoch / (fraction * epochs), capped at 1; fraction 0 switches it off."""
     from types import SimpleNamespace
