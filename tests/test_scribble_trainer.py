@@ -47,6 +47,7 @@ def test_iteration_budget_variants_of_ours_and_of_stock(nnunet_paths):
     for cls, dataset_json in ((nnUNetTrainerPCE_3000it, None), (nnUNetTrainer_3000it, dense_dj)):
         trainer = make_trainer(*nnunet_paths, cls=cls, dataset_json=dataset_json)
         assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (120, 25, 5)
+        assert trainer.save_every == 10   # nnU-Net's 50 would lose up to 50 epochs of a cut benchmark run
         assert trainer.skip_final_validation and type(trainer).__name__ == cls.__name__
     assert nnUNetTrainer_3000it.__mro__[3] is nnUNetTrainer   # stock trainer, only the budget mixin added
 

@@ -4,8 +4,8 @@
   iterations, like nnU-Net's own ``nnUNetTrainer_5epochs``.
 - ``<Trainer>_<N>it`` (``_3000it``, ``_1000it``): a fixed number of training iterations for
   benchmarks (``ITERATION_BUDGETS``: epochs x iterations per epoch), with 5 validation iterations per
-  epoch (the per-epoch validation loss is only logged) and no final validation: a benchmark predicts
-  its own test set. ``_3000it`` is the budget of the ``acdc-quick`` protocol (DESIGN.md section 6);
+  epoch (the per-epoch validation loss is only logged), ``checkpoint_latest`` every 10 epochs (a cut
+  run resumes with ``--c``) and no final validation: a benchmark predicts its own test set. ``_3000it`` is the budget of the ``acdc-quick`` protocol (DESIGN.md section 6);
   ``_1000it`` a reduced budget for a first look where 3000 iterations do not fit.
 
 nnU-Net writes such variants out by hand; here one call per trainer creates them as module-level
@@ -19,6 +19,9 @@ EPOCH_BUDGETS = (1, 2, 5, 10, 20, 50, 100, 250, 500)
 # name suffix -> (epochs, training iterations per epoch)
 ITERATION_BUDGETS = {"3000it": (120, 25), "1000it": (40, 25)}
 BENCHMARK_VAL_ITERATIONS = 5
+# benchmark runs write checkpoint_latest every this many epochs (nnU-Net: 50), so a run cut short
+# (a session's end) resumes with ``--c`` and loses at most this many epochs
+BENCHMARK_SAVE_EVERY = 10
 
 
 class TrainingBudget:
@@ -27,6 +30,7 @@ class TrainingBudget:
     budget_epochs: int | None = None
     budget_iterations_per_epoch: int | None = None
     budget_val_iterations_per_epoch: int | None = None
+    budget_save_every: int | None = None
     skip_final_validation: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device=None):
@@ -40,6 +44,8 @@ class TrainingBudget:
             self.num_iterations_per_epoch = self.budget_iterations_per_epoch
         if self.budget_val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = self.budget_val_iterations_per_epoch
+        if self.budget_save_every is not None:
+            self.save_every = self.budget_save_every
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.skip_final_validation:
@@ -75,5 +81,6 @@ def add_budget_variants(trainer_cls: type, module_globals: dict, budgets=EPOCH_B
             trainer_cls, f"{base}_{suffix}", module_globals,
             f"{base} for {epochs} epochs x {iterations} iterations (benchmark budget, no final validation).",
             {"budget_epochs": epochs, "budget_iterations_per_epoch": iterations,
-             "budget_val_iterations_per_epoch": BENCHMARK_VAL_ITERATIONS, "skip_final_validation": True}))
+             "budget_val_iterations_per_epoch": BENCHMARK_VAL_ITERATIONS,
+             "budget_save_every": BENCHMARK_SAVE_EVERY, "skip_final_validation": True}))
     return names
