@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -97,15 +96,20 @@ def nnunet_env(work: Path) -> dict:
     return env
 
 
-def run(cmd: list[str], env: dict, log: Path) -> None:
+def run(cmd: list[str], env: dict, log: Path) -> float:
+    """Run ``cmd`` with its output appended to ``log``; return the peak resident memory (MB) of the
+    largest process of its tree (``wait4``: this command only, not earlier ones of the same call)."""
     exe = Path(sys.executable).parent / cmd[0]
     cmd = [str(exe) if exe.is_file() else cmd[0]] + cmd[1:]
     print(f"[quick] {' '.join(cmd)}  (log: {log})", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"failed (exit {proc.returncode}): {' '.join(cmd)}; see {log}")
+    return usage.ru_maxrss / 1024
 
 
 def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, env: dict) -> None:
@@ -194,8 +198,7 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
         if (fold_dir / "checkpoint_latest.pth").is_file():
             cmd.append("--c")
         start = time.time()
-        run(cmd, env, logs / f"train_{run_name}.log")
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        peak_mb = run(cmd, env, logs / f"train_{run_name}.log")
         print(f"[quick] trained {run_name} in {(time.time() - start) / 60:.1f} min", flush=True)
     pred = work / "predictions" / run_name
     if not (pred / "summary_dense.json").is_file():
