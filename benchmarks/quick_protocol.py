@@ -15,7 +15,15 @@ Protocols (``--protocol``, data from ``../shared/data`` or ``--data``):
   with ``nnunet-scribble convert mscmr`` into Dataset029_MSCMRScribble. The training subjects have no
   dense labels, so there is no dense reference run. Table: ``mscmr_quick.md``.
 
-Common to both:
+- ``--dataset RAW_FOLDER`` (your own data): an nnU-Net raw scribble dataset ``DatasetXXX_Name`` with
+  an ``ignore`` label, ``imagesTs`` and dense test labels in ``labelsTs`` (the layout
+  ``nnunet-scribble convert`` writes); linked into WORK's nnUNet_raw, not copied. If it has
+  ``labelsTr_dense``, ``--dense`` derives ``Dataset(XXX+100)_NameDense`` for the upper-bound run as
+  for ACDC. Table: ``DatasetXXX_Name_quick.md``.
+
+    python benchmarks/quick_protocol.py --dataset /data/nnUNet_raw/Dataset042_Knee --work WORK nnUNetTrainerPCE
+
+Common to all:
 
 - Plans: stock ``2d`` planning plus a configuration ``2d_quick`` that inherits from ``2d`` with
   quarter-width features (a quarter of the planned ones: 8, 16, ..., 128) and, for ``acdc``, batch
@@ -54,6 +62,8 @@ from typing import Callable
 import numpy as np
 from results_file import write_generated_section
 
+from nnunet_scribble.errors import UserFacingError
+
 HERE = Path(__file__).resolve().parent
 SHARED_DATA = HERE.parents[1] / "shared" / "data"
 CONFIG = "2d_quick"
@@ -70,8 +80,13 @@ class Protocol:
     scribble: tuple[int, str]                 # (dataset id, dataset name) of the scribble dataset
     dense: tuple[int, str] | None             # the derived dense-label dataset, if the data has one
     data: Path                                # default data folder
-    convert: Callable[[Path], list[str]]      # data folder -> ``nnunet-scribble convert ...`` command
+    convert: Callable[[Path], list[str]] | None   # data folder -> ``nnunet-scribble convert ...`` command;
+                                                  # None: ``data`` is already the raw dataset (``--dataset``)
     quick_batch: int | None = QUICK_BATCH      # batch size of ``2d_quick`` (None: the planned one)
+
+    def cli(self) -> str:
+        """The harness option that selects this protocol (for the recorded command)."""
+        return f"--protocol {self.name}" if self.convert else f"--dataset {self.data}"
 
 
 PROTOCOLS = {
@@ -83,6 +98,31 @@ PROTOCOLS = {
                       SHARED_DATA / "MSCMR", lambda d: ["nnunet-scribble", "convert", "mscmr", "-i", str(d), "-d", "29"],
                       quick_batch=None),
 }
+
+
+def dataset_protocol(folder: Path) -> Protocol:
+    """The quick protocol on a user's nnU-Net raw scribble dataset (``--dataset``); checks its layout."""
+    folder = folder.resolve()
+    match = re.fullmatch(r"Dataset(\d{3})_(\w+)", folder.name)
+    if not match:
+        raise UserFacingError(f"--dataset {folder}: not an nnU-Net raw dataset folder; its name must be "
+                              "DatasetXXX_Name (e.g. Dataset042_Knee)")
+    dataset_json = folder / "dataset.json"
+    if not dataset_json.is_file():
+        raise UserFacingError(f"{dataset_json} is missing: --dataset needs an nnU-Net raw dataset folder")
+    if "ignore" not in json.loads(dataset_json.read_text()).get("labels", {}):
+        raise UserFacingError(f"{dataset_json} has no 'ignore' label: a scribble dataset marks unlabeled pixels "
+                              "with it (nnunet-scribble convert writes it; see docs/conversion.md)")
+    for sub, what in (("imagesTs", "test images"), ("labelsTs", "dense test labels")):
+        if not (folder / sub).is_dir() or not any((folder / sub).iterdir()):
+            raise UserFacingError(f"{folder / sub} is missing or empty: the benchmark evaluates predictions of the "
+                                  f"{what} there against dense ground truth")
+    dataset_id, short = int(match[1]), match[2]
+    dense = None
+    if (folder / "labelsTr_dense").is_dir() and dataset_id + 100 <= 999:
+        dense = (dataset_id + 100, f"Dataset{dataset_id + 100:03d}_{short}Dense")
+    return Protocol(folder.name, f"{folder.name} quick protocol (CPU)", (dataset_id, folder.name), dense, folder,
+                    None)
 
 
 def nnunet_env(work: Path) -> dict:
@@ -115,7 +155,14 @@ def run(cmd: list[str], env: dict, log: Path) -> float:
 def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, env: dict) -> None:
     raw = work / "nnUNet_raw"
     (scribble_id, scribble_name), datasets = protocol.scribble, [protocol.scribble]
-    if not (raw / scribble_name).is_dir():
+    if protocol.convert is None:
+        link = raw / scribble_name
+        if not link.exists():
+            raw.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(data.resolve(), target_is_directory=True)
+        elif link.resolve() != data.resolve():
+            raise UserFacingError(f"{link} already holds another dataset of that name: use another --work folder")
+    elif not (raw / scribble_name).is_dir():
         run(protocol.convert(data), env, work / "logs" / f"convert_{scribble_id}.log")
     if dense:
         dense_name = protocol.dense[1]
@@ -147,7 +194,8 @@ def derive_dense_dataset(source: Path, target: Path) -> None:
     dataset_json["name"] = target.name
     dataset_json["description"] = "dense ground truth of " + source.name + " (upper-bound reference of the benchmark)"
     (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    shutil.copy(source / "splits_final.json", tmp / "splits_final.json")
+    if (source / "splits_final.json").is_file():
+        shutil.copy(source / "splits_final.json", tmp / "splits_final.json")
     os.replace(tmp, target)
 
 
@@ -219,7 +267,7 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
         "peak_rss_mb": peak_mb if peak_mb is not None else previous.get("peak_rss_mb"),
         "date": previous.get("date", date.today().isoformat()),
         "machine": previous.get("machine", f"{platform.machine()}, {os.cpu_count()} cores, CPU only"),
-        "command": sam_settings(env) + f"python benchmarks/quick_protocol.py --protocol {protocol.name} --work WORK "
+        "command": sam_settings(env) + f"python benchmarks/quick_protocol.py {protocol.cli()} --work WORK "
                    + f"--budget {budget} "
                    + (f"--tag {tag} " if tag else "") + (STOCK + " --dense (stock trainer on Dataset127)" if dense else trainer),
     }
@@ -306,17 +354,23 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True, help="work folder (nnU-Net folders, predictions, logs)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="acdc")
     p.add_argument("--data", type=Path, help="data folder (default: ../shared/data/ACDC or ../shared/data/MSCMR)")
+    p.add_argument("--dataset", type=Path, help="your own nnU-Net raw scribble dataset folder (instead of --protocol)")
     p.add_argument("--dense", action="store_true", help="also run stock nnUNetTrainer on the dense labels")
     p.add_argument("--budget", default="3000it", help="iteration budget variant (3000it = the protocol; 1000it)")
     p.add_argument("--tag", help="label of a second run of the same trainers (own nnU-Net results folder)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the table and plot go")
     args = p.parse_args()
     work = args.work.resolve()
-    protocol = PROTOCOLS[args.protocol]
-    if args.dense and protocol.dense is None:
-        p.error(f"--dense: the {protocol.name} training cases have no dense labels")
-    env = nnunet_env(work)
-    prepare_datasets(work, protocol, args.data or protocol.data, args.dense, env)
+    if args.dataset and args.data:
+        p.error("--data selects the source of --protocol's converter; with --dataset give only the dataset folder")
+    try:
+        protocol = dataset_protocol(args.dataset) if args.dataset else PROTOCOLS[args.protocol]
+        if args.dense and protocol.dense is None:
+            raise UserFacingError(f"--dense: the {protocol.name} training cases have no dense labels (labelsTr_dense)")
+        env = nnunet_env(work)
+        prepare_datasets(work, protocol, args.data or protocol.data, args.dense, env)
+    except UserFacingError as e:
+        p.error(str(e))
     jobs = [(t, False) for t in args.trainers] + ([(STOCK, True)] if args.dense else [])
     for trainer, dense in jobs:
         run_trainer(work, protocol, trainer, dense, args.budget, env, args.tag)

@@ -48,3 +48,51 @@ def test_table_ratios_are_against_the_dense_run_of_the_budget():
                                          result("nnUNetTrainerPCE", "scribbles", 0.6, 0.75)])
     pce = lines[-1].split(" | ")
     assert pce[4] == "0.75" and pce[7] == "1.50x"   # Dice ratio 0.6 / 0.8, speed 0.75 / 0.5
+
+
+def _raw_dataset(root: Path, name="Dataset042_Knee", labels=None, dense_train=True) -> Path:
+    folder = root / name
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs") + (("labelsTr_dense",) if dense_train else ()):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "case_000.nii.gz").write_bytes(b"")
+    labels = {"background": 0, "bone": 1, "ignore": 2} if labels is None else labels
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz"}))
+    return folder
+
+
+def test_own_dataset_protocol_names_its_dense_reference_and_command(tmp_path):
+    protocol = quick_protocol.dataset_protocol(_raw_dataset(tmp_path))
+    assert protocol.scribble == (42, "Dataset042_Knee") and protocol.dense == (142, "Dataset142_KneeDense")
+    assert protocol.cli() == f"--dataset {tmp_path / 'Dataset042_Knee'}"
+    assert quick_protocol.PROTOCOLS["acdc"].cli() == "--protocol acdc"
+    assert quick_protocol.dataset_protocol(_raw_dataset(tmp_path, "Dataset043_Hip", dense_train=False)).dense is None
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("name", "DatasetXXX_Name"), ("ignore", "no 'ignore' label"), ("labelsTs", "labelsTs is missing or empty")])
+def test_own_dataset_errors_name_the_file_and_the_fix(tmp_path, breakage, message):
+    from nnunet_scribble.errors import UserFacingError
+
+    folder = _raw_dataset(tmp_path, labels={"background": 0, "bone": 1} if breakage == "ignore" else None)
+    if breakage == "name":
+        folder = folder.rename(tmp_path / "knee_scribbles")
+    if breakage == "labelsTs":
+        (folder / "labelsTs" / "case_000.nii.gz").unlink()
+    with pytest.raises(UserFacingError, match=message):
+        quick_protocol.dataset_protocol(folder)
+
+
+def test_own_dataset_is_linked_into_the_work_folder_and_its_dense_twin_derived(tmp_path):
+    folder = _raw_dataset(tmp_path / "data")
+    protocol = quick_protocol.dataset_protocol(folder)
+    raw = tmp_path / "work" / "nnUNet_raw"
+    (tmp_path / "work" / "nnUNet_preprocessed" / "Dataset042_Knee" / "nnUNetPlans_2d").mkdir(parents=True)
+    (tmp_path / "work" / "nnUNet_preprocessed" / "Dataset142_KneeDense" / "nnUNetPlans_2d").mkdir(parents=True)
+    for name in ("Dataset042_Knee", "Dataset142_KneeDense"):   # planned already: no nnU-Net call in this test
+        (tmp_path / "work" / "nnUNet_preprocessed" / name / "nnUNetPlans.json").write_text(json.dumps(
+            {"configurations": {"2d": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64]}}}}}))
+    quick_protocol.prepare_datasets(tmp_path / "work", protocol, protocol.data, True, {})
+    assert (raw / "Dataset042_Knee").resolve() == folder.resolve()
+    dense = raw / "Dataset142_KneeDense"
+    assert (dense / "labelsTr" / "case_000.nii.gz").resolve() == (folder / "labelsTr_dense" / "case_000.nii.gz")
+    assert "ignore" not in json.loads((dense / "dataset.json").read_text())["labels"]
