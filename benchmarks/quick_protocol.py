@@ -125,14 +125,17 @@ def dataset_protocol(folder: Path) -> Protocol:
                     None)
 
 
-def nnunet_env(work: Path) -> dict:
+def nnunet_env(work: Path, cpu: bool = True) -> dict:
+    """nnU-Net's folders under ``work`` and our trainers; on the CPU also no torch.compile and one
+    augmentation worker (unless set in the environment). On a GPU nnU-Net's own defaults stay."""
     from nnunet_scribble.ext_trainers import TRAINERS_PATH
 
     env = dict(os.environ)
     env.update({"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-                "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_extTrainer": TRAINERS_PATH,
-                "nnUNet_compile": "f", "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2"),
-                "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1")})
+                "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_extTrainer": TRAINERS_PATH})
+    if cpu:
+        env.update({"nnUNet_compile": "f", "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2"),
+                    "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1")})
     return env
 
 
@@ -152,7 +155,11 @@ def run(cmd: list[str], env: dict, log: Path) -> float:
     return usage.ru_maxrss / 1024
 
 
-def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, env: dict) -> None:
+def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, env: dict,
+                     configuration: str = CONFIG) -> None:
+    """Convert (or link) the raw dataset, derive its dense twin if asked, plan it with nnU-Net, preprocess
+    ``configuration`` (``2d_quick`` reads ``2d``'s data) and add ``2d_quick`` to the plans."""
+    data_config = "2d" if configuration == CONFIG else configuration
     raw = work / "nnUNet_raw"
     (scribble_id, scribble_name), datasets = protocol.scribble, [protocol.scribble]
     if protocol.convert is None:
@@ -171,9 +178,12 @@ def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, en
         datasets.append(protocol.dense)
     for dataset_id, name in datasets:
         pre = work / "nnUNet_preprocessed" / name
-        if not (pre / "nnUNetPlans_2d").is_dir():
-            run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2"], env,
+        if not (pre / "nnUNetPlans.json").is_file():
+            run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", data_config, "-np", "2"], env,
                 work / "logs" / f"plan_{dataset_id}.log")
+        elif not (pre / f"nnUNetPlans_{data_config}").is_dir():
+            run(["nnUNetv2_preprocess", "-d", str(dataset_id), "-c", data_config, "-np", "2"], env,
+                work / "logs" / f"preprocess_{dataset_id}_{data_config}.log")
         add_quick_configuration(pre / "nnUNetPlans.json", protocol.quick_batch)
         splits = raw / name / "splits_final.json"
         if splits.is_file() and not (pre / "splits_final.json").is_file():
@@ -269,28 +279,40 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
         "machine": previous.get("machine", f"{platform.machine()}, {os.cpu_count()} cores, CPU only"),
         "command": sam_settings(env) + f"python benchmarks/quick_protocol.py {protocol.cli()} --work WORK "
                    + f"--budget {budget} "
-                   + (f"--tag {tag} " if tag else "") + (STOCK + " --dense (stock trainer on Dataset127)" if dense else trainer),
+                   + (f"--tag {tag} " if tag else "") + (f"{STOCK} --dense (stock trainer on {name})" if dense else trainer),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2))
     return result
 
 
-def write_table(protocol: Protocol, results: list[dict], out: Path) -> Path:
-    """One table per budget; each trainer's Dice ratio and speed are taken against the dense run of
-    the same budget (when the protocol has one)."""
-    stem = f"{protocol.name}_quick"
+def write_table(results: list[dict], out: Path, stem: str, title: str, marker: str = MARKER) -> Path:
+    """``out/stem.md`` (below ``marker``) + one plot per budget: one table per budget; each trainer's
+    Dice ratio and speed are taken against the dense run of the same budget (when there is one)."""
     sections = []
     for budget in sorted({r["budget"] for r in results}, reverse=True):
         runs = [r for r in results if r["budget"] == budget]
         sections += [f"### Budget {budget}", ""] + budget_table(runs) + [""]
         plot(runs, next((r for r in runs if r["labels"] == "dense"), None), out / f"{stem}_{budget}.png")
-        sections += [f"![{protocol.title} {budget}]({stem}_{budget}.png)", ""]
+        sections += [f"![{title} {budget}]({stem}_{budget}.png)", ""]
     sections += ["| run | date | machine | command |", "|---|---|---|---|"]
     sections += [f"| {run_label(r)} ({r['labels']}) | {r['date']} | {r['machine']} | `{r['command']}` |" for r in results]
     md = out / f"{stem}.md"
-    write_generated_section(str(md), MARKER, "\n".join(sections) + "\n", f"# {protocol.title}\n\n")
+    write_generated_section(str(md), marker, "\n".join(sections) + "\n", f"# {title}\n\n")
     return md
+
+
+def collect_results(work: Path, protocol: Protocol, configuration: str, full: bool = False) -> list[dict]:
+    """The result JSONs in WORK/results of this protocol's datasets and configuration, of the quick
+    protocol or (``full``) of full_protocol.py (whose results name their ``folds``), in table order
+    (dense reference, PCE, the others by name and tag)."""
+    datasets = {protocol.scribble[1]} | ({protocol.dense[1]} if protocol.dense else set())
+    results = [json.loads(f.read_text()) for f in sorted((work / "results").glob("*.json"))]
+    results = [r for r in results
+               if r["dataset"] in datasets and r["configuration"] == configuration and ("folds" in r) == full]
+    results.sort(key=lambda r: (r["labels"] != "dense", r["trainer"] != "nnUNetTrainerPCE", r["trainer"],
+                                r.get("tag") or ""))
+    return results
 
 
 def run_label(r: dict, code: bool = True) -> str:
@@ -300,21 +322,28 @@ def run_label(r: dict, code: bool = True) -> str:
 
 
 def budget_table(results: list[dict]) -> list[str]:
+    """Markdown rows: test Dice per class, mean Dice and its ratio to the dense run, HD95, speed, memory;
+    with cross-validation results (``cv_mean``, full protocol) also the CV mean Dice and HD95."""
     bound = next((r for r in results if r["labels"] == "dense"), None)
     stock_speed = bound["seconds_per_iteration"] if bound else None
     classes = list(results[0]["per_class"].values())
-    head = ["trainer", "labels"] + [f"Dice {c['name']}" for c in classes] + ["mean Dice", "ratio to dense",
-                                                                              "mean HD95 (mm)", "s/it", "s/it vs stock",
-                                                                              "peak RSS (MB)"]
+    with_cv = any("cv_mean" in r for r in results)
+    head = (["trainer", "labels"] + (["CV mean Dice", "CV mean HD95 (mm)"] if with_cv else [])
+            + [f"Dice {c['name']}" for c in classes]
+            + ["mean Dice", "ratio to dense", "mean HD95 (mm)", "s/it", "s/it vs stock", "peak RSS (MB)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         ratio = f"{r['mean']['Dice'] / bound['mean']['Dice']:.2f}" if bound else "n/a"
         spi = r["seconds_per_iteration"]
         rel = f"{spi / stock_speed:.2f}x" if stock_speed and spi else "n/a"
-        lines.append("| " + " | ".join(
-            [run_label(r), r["labels"]] + [f"{c['Dice_mean']:.3f}" for c in r["per_class"].values()]
-            + [f"**{r['mean']['Dice']:.3f}**", ratio, f"{r['mean']['HD95']:.1f}", f"{spi:.2f}" if spi else "n/a", rel,
-               f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"]) + " |")
+        cv = r.get("cv_mean")
+        cells = [run_label(r), r["labels"]]
+        if with_cv:
+            cells += [f"{cv['Dice']:.3f}", f"{cv['HD95']:.1f}"] if cv else ["n/a", "n/a"]
+        cells += [f"{c['Dice_mean']:.3f}" for c in r["per_class"].values()]
+        cells += [f"**{r['mean']['Dice']:.3f}**", ratio, f"{r['mean']['HD95']:.1f}", f"{spi:.2f}" if spi else "n/a", rel,
+                  f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -348,39 +377,49 @@ def plot(results: list[dict], bound: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def protocol_arguments(description: str) -> argparse.ArgumentParser:
+    """The command-line options every protocol script shares (trainers, work folder, data, references)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trainers", nargs="*", help="scribble trainers (base names, e.g. nnUNetTrainerPCE)")
     p.add_argument("--work", type=Path, required=True, help="work folder (nnU-Net folders, predictions, logs)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="acdc")
     p.add_argument("--data", type=Path, help="data folder (default: ../shared/data/ACDC or ../shared/data/MSCMR)")
     p.add_argument("--dataset", type=Path, help="your own nnU-Net raw scribble dataset folder (instead of --protocol)")
     p.add_argument("--dense", action="store_true", help="also run stock nnUNetTrainer on the dense labels")
-    p.add_argument("--budget", default="3000it", help="iteration budget variant (3000it = the protocol; 1000it)")
-    p.add_argument("--tag", help="label of a second run of the same trainers (own nnU-Net results folder)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the table and plot go")
-    args = p.parse_args()
-    work = args.work.resolve()
+    return p
+
+
+def prepare(p: argparse.ArgumentParser, args, cpu: bool = True, configuration: str = CONFIG
+            ) -> tuple[Path, Protocol, dict, list]:
+    """Work folder, protocol, nnU-Net environment and the (trainer, dense) jobs of parsed ``args``, with
+    the datasets converted or linked and planned; bad input ends in ``p.error`` with the fix."""
     if args.dataset and args.data:
         p.error("--data selects the source of --protocol's converter; with --dataset give only the dataset folder")
+    work = args.work.resolve()
     try:
         protocol = dataset_protocol(args.dataset) if args.dataset else PROTOCOLS[args.protocol]
         if args.dense and protocol.dense is None:
             raise UserFacingError(f"--dense: the {protocol.name} training cases have no dense labels (labelsTr_dense)")
-        env = nnunet_env(work)
-        prepare_datasets(work, protocol, args.data or protocol.data, args.dense, env)
+        env = nnunet_env(work, cpu)
+        prepare_datasets(work, protocol, args.data or protocol.data, args.dense, env, configuration)
     except UserFacingError as e:
         p.error(str(e))
     jobs = [(t, False) for t in args.trainers] + ([(STOCK, True)] if args.dense else [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    return work, protocol, env, jobs
+
+
+def main() -> None:
+    p = protocol_arguments(__doc__)
+    p.add_argument("--budget", default="3000it", help="iteration budget variant (3000it = the protocol; 1000it)")
+    p.add_argument("--tag", help="label of a second run of the same trainers (own nnU-Net results folder)")
+    args = p.parse_args()
+    work, protocol, env, jobs = prepare(p, args)
     for trainer, dense in jobs:
         run_trainer(work, protocol, trainer, dense, args.budget, env, args.tag)
-    datasets = {protocol.scribble[1]} | ({protocol.dense[1]} if protocol.dense else set())
-    results = [json.loads(f.read_text()) for f in sorted((work / "results").glob("*.json"))]
-    results = [r for r in results if r["dataset"] in datasets]
-    results.sort(key=lambda r: (r["labels"] != "dense", r["trainer"] != "nnUNetTrainerPCE", r["trainer"],
-                                r.get("tag") or ""))
-    args.out.mkdir(parents=True, exist_ok=True)
-    print(write_table(protocol, results, args.out).read_text())
+    print(write_table(collect_results(work, protocol, CONFIG), args.out, f"{protocol.name}_quick", protocol.title)
+          .read_text())
 
 
 if __name__ == "__main__":

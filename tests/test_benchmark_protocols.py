@@ -1,11 +1,15 @@
-"""The benchmark harness's own logic (benchmarks/quick_protocol.py), without training anything."""
+"""The benchmark harness (benchmarks/quick_protocol.py, full_protocol.py): its logic, and one small
+full-protocol run through the nnU-Net CLI."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import CPU_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 quick_protocol = pytest.importorskip("quick_protocol")
@@ -96,3 +100,20 @@ def test_own_dataset_is_linked_into_the_work_folder_and_its_dense_twin_derived(t
     dense = raw / "Dataset142_KneeDense"
     assert (dense / "labelsTr" / "case_000.nii.gz").resolve() == (folder / "labelsTr_dense" / "case_000.nii.gz")
     assert "ignore" not in json.loads((dense / "dataset.json").read_text())["labels"]
+
+
+@pytest.mark.slow
+def test_full_protocol_on_an_own_dataset_trains_validates_predicts_and_tables(tiny_dataset, tmp_path):
+    root, name = tiny_dataset
+    script = Path(quick_protocol.__file__).with_name("full_protocol.py")
+    proc = subprocess.run([sys.executable, str(script), "--dataset", str(root / "nnUNet_raw" / name), "--work",
+                           str(tmp_path / "work"), "--budget", "1epoch", "--folds", "0", "--device", "cpu", "-c", "2d_quick",
+                           "--out", str(tmp_path / "out"), "nnUNetTrainerPCE"],
+                          env={**os.environ, **CPU_ENV}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "work" / "results" / f"{name}_full_nnUNetTrainerPCE_1epoch_2d_quick_folds0.json").read_text())
+    assert result["folds"] == [0] and result["configuration"] == "2d_quick" and result["n_test_cases"] == 2
+    assert 0 <= result["cv_mean"]["Dice"] <= 1 and result["epochs_logged"] == 1   # fold 0 against labelsTr_dense
+    table = (tmp_path / "out" / f"{name}_full_2d_quick.md").read_text()
+    assert "CV mean Dice" in table and "`nnUNetTrainerPCE_1epoch`" in table and "--folds 0" in table
+    assert (tmp_path / "out" / f"{name}_full_2d_quick_1epoch.png").is_file()
