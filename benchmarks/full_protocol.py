@@ -95,7 +95,7 @@ def run_trainer(work: Path, protocol: quick.Protocol, trainer: str, dense: bool,
         "seconds_per_iteration": float(np.median(times)) / ITERATIONS_PER_EPOCH if times else None,
         "peak_rss_mb": max(peaks) if peaks else previous.get("peak_rss_mb"),
         "date": previous.get("date", date.today().isoformat()),
-        "machine": previous.get("machine", f"{platform.machine()}, {os.cpu_count()} cores, {device}"),
+        "machine": previous.get("machine", machine(device)),
         "command": quick.sam_settings(env) + f"python benchmarks/full_protocol.py {protocol.cli()} --work WORK "
                    + ("" if configuration == "2d" else f"-c {configuration} ")
                    + (f"--budget {budget} " if budget else "") + f"--device {device} "
@@ -105,6 +105,14 @@ def run_trainer(work: Path, protocol: quick.Protocol, trainer: str, dense: bool,
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device
+    return f"{platform.machine()}, {os.cpu_count()} cores, {device}"
 
 
 def main() -> None:
