@@ -141,7 +141,9 @@ def nnunet_env(work: Path, cpu: bool = True) -> dict:
 
 def run(cmd: list[str], env: dict, log: Path) -> float:
     """Run ``cmd`` with its output appended to ``log``; return the peak resident memory (MB) of the
-    largest process of its tree (``wait4``: this command only, not earlier ones of the same call)."""
+    largest process of its tree (``wait4``: this command only, not earlier ones of the same call).
+    Linux counts this process's own resident memory at the exec into that peak: a floor of ~0.2 GB
+    here, far below a training run's."""
     exe = Path(sys.executable).parent / cmd[0]
     cmd = [str(exe) if exe.is_file() else cmd[0]] + cmd[1:]
     print(f"[quick] {' '.join(cmd)}  (log: {log})", flush=True)
