@@ -74,13 +74,8 @@ def run_trainer(work: Path, protocol: quick.Protocol, trainer: str, dense: bool,
                              allow_missing_predictions=folds != FOLDS, num_processes=2)
         cv_summary = json.loads((pooled / "summary_dense.json").read_text())
 
-    pred = work / "predictions" / run_name
-    if not (pred / "summary_dense.json").is_file():
-        quick.run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id), "-c",
-                   configuration, "-f", *map(str, folds), "-tr", variant, "-device", device], env,
-                  work / "logs" / f"predict_{run_name}.log")
-        evaluate_folders(pred, raw / "labelsTs", output_json=pred / "summary_dense.json", num_processes=2)
-    summary = json.loads((pred / "summary_dense.json").read_text())
+    summary = quick.predict_and_evaluate(work, run_name, raw, ["-d", str(dataset_id), "-c", configuration, "-f",
+                                                               *map(str, folds), "-tr", variant, "-device", device], env)
 
     times = [t for fold in folds for t in quick.epoch_seconds(trained / f"fold_{fold}")]
     out_json = work / "results" / f"{run_name}.json"

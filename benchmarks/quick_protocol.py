@@ -63,6 +63,7 @@ import numpy as np
 from results_file import write_generated_section
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.evaluation.evaluate_folder import evaluate_folders
 
 HERE = Path(__file__).resolve().parent
 SHARED_DATA = HERE.parents[1] / "shared" / "data"
@@ -239,7 +240,6 @@ def sam_settings(env: dict) -> str:
 
 def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budget: str, env: dict,
                 tag: str | None = None) -> dict:
-    from nnunet_scribble.evaluation.evaluate_folder import evaluate_folders
     from nnunet_scribble.training.budget_variants import ITERATION_BUDGETS
 
     dataset_id, name = protocol.dense if dense else protocol.scribble
@@ -260,14 +260,9 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
         start = time.time()
         peak_mb = run(cmd, env, logs / f"train_{run_name}.log")
         print(f"[quick] trained {run_name} in {(time.time() - start) / 60:.1f} min", flush=True)
-    pred = work / "predictions" / run_name
-    if not (pred / "summary_dense.json").is_file():
-        run(["nnUNetv2_predict", "-i", str(work / "nnUNet_raw" / name / "imagesTs"), "-o", str(pred), "-d",
-             str(dataset_id), "-c", CONFIG, "-f", "all", "-tr", variant, "-device", "cpu", "-npp", "1", "-nps", "1"],
-            env, logs / f"predict_{run_name}.log")
-        evaluate_folders(pred, work / "nnUNet_raw" / name / "labelsTs", output_json=pred / "summary_dense.json",
-                         num_processes=2)
-    summary = json.loads((pred / "summary_dense.json").read_text())
+    summary = predict_and_evaluate(work, run_name, work / "nnUNet_raw" / name,
+                                   ["-d", str(dataset_id), "-c", CONFIG, "-f", "all", "-tr", variant, "-device", "cpu",
+                                    "-npp", "1", "-nps", "1"], env)
     times = epoch_seconds(fold_dir)
     previous = json.loads(out_json.read_text()) if out_json.is_file() else {}
     result = {
@@ -286,6 +281,17 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def predict_and_evaluate(work: Path, run_name: str, raw: Path, model_args: list[str], env: dict) -> dict:
+    """``nnUNetv2_predict`` (with ``model_args``) on ``raw``/imagesTs into WORK/predictions/run_name and
+    the evaluation against ``raw``/labelsTs; both skipped once its summary exists. Returns the summary."""
+    pred = work / "predictions" / run_name
+    if not (pred / "summary_dense.json").is_file():
+        run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), *model_args], env,
+            work / "logs" / f"predict_{run_name}.log")
+        evaluate_folders(pred, raw / "labelsTs", output_json=pred / "summary_dense.json", num_processes=2)
+    return json.loads((pred / "summary_dense.json").read_text())
 
 
 def write_table(results: list[dict], out: Path, stem: str, title: str, marker: str = MARKER) -> Path:
