@@ -28,7 +28,7 @@ from nnunetv2.postprocessing.remove_connected_components import remove_all_but_l
 
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.evaluation.evaluate_folder import (detect_file_ending, find_dataset_json, labels_from_dataset_json,
-                                                         list_cases, read_label_map)
+                                                         list_cases, pair_problems, read_label_map)
 from nnunet_scribble.evaluation.metrics import dice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +54,7 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes) -> di
     return out
 
 
-def analyse_folder(pred_dir: Path, gt_dir: Path, classes: dict[int, str]) -> dict:
+def analyse_folder(pred_dir: Path, gt_dir: Path, classes: dict[int, str], ignore_value: int | None = None) -> dict:
     ending = detect_file_ending(gt_dir)
     refs, preds = list_cases(gt_dir, ending), list_cases(pred_dir, ending)
     missing = sorted(set(refs) - set(preds))
@@ -65,14 +65,12 @@ def analyse_folder(pred_dir: Path, gt_dir: Path, classes: dict[int, str]) -> dic
     counts = np.zeros((n, n), np.int64)
     per_case = []
     for case, ref_path in refs.items():
-        reference, _ = read_label_map(ref_path)
-        prediction, _ = read_label_map(preds[case])
-        if prediction.shape != reference.shape:
-            raise UserFacingError(f"{preds[case]}: shape {prediction.shape} differs from reference {ref_path} "
-                                  f"{reference.shape}")
-        if reference.max() >= n or prediction.max() >= n:
-            raise UserFacingError(f"{preds[case]} or {ref_path} holds a label above {n - 1}; is this a scribble "
-                                  "map? Compare against dense labels (labelsTs / labelsTr_dense).")
+        reference, ref_spacing = read_label_map(ref_path)
+        prediction, pred_spacing = read_label_map(preds[case])
+        problems = pair_problems(preds[case], prediction, pred_spacing, ref_path, reference, ref_spacing, list(classes),
+                                 ignore_value)
+        if problems:
+            raise UserFacingError("cannot analyse:\n  " + "\n  ".join(problems))
         counts += confusion_counts(prediction, reference, n)
         per_case.append(dice_per_class(prediction, reference, classes))
     return {"counts": counts, "n_cases": len(per_case),
@@ -106,8 +104,9 @@ def main(argv=None) -> int:
         if dataset_json is None:
             raise UserFacingError(f"no dataset.json next to {args.pred_dirs[0]} or {args.gt}: needed for the "
                                   "class names.")
-        classes, _ = labels_from_dataset_json(dataset_json)
-        sections = [folder_section(d.name, analyse_folder(d, args.gt, classes), classes) for d in args.pred_dirs]
+        classes, ignore_value = labels_from_dataset_json(dataset_json)
+        sections = [folder_section(d.name, analyse_folder(d, args.gt, classes, ignore_value), classes)
+                    for d in args.pred_dirs]
     except UserFacingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -62,3 +62,13 @@ def test_missing_prediction_is_named(tmp_path, capsys):
     _write(gt / "c1.nii.gz", np.zeros((3, 3)))
     assert error_analysis.main([str(pred), "--gt", str(gt)]) == 1
     assert "c1.nii.gz" in capsys.readouterr().err
+
+
+def test_scribble_reference_is_refused_with_the_fix(tmp_path, capsys):
+    gt, pred = tmp_path / "labelsTr", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "A": 1, "ignore": 2}}))
+    _write(gt / "c1.nii.gz", np.full((3, 3), 2)); _write(pred / "c1.nii.gz", np.zeros((3, 3)))
+    assert error_analysis.main([str(pred), "--gt", str(gt)]) == 1
+    err = capsys.readouterr().err
+    assert "c1.nii.gz" in err and "ignore label" in err and "labelsTs" in err

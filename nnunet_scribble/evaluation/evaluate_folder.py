@@ -78,10 +78,9 @@ def find_dataset_json(pred_dir: Path, gt_dir: Path) -> Path | None:
     return None
 
 
-def _evaluate_case(args):
-    case, pred_path, gt_path, labels, ignore_value, spacing_rtol = args
-    pred, pred_spacing = read_label_map(pred_path)
-    gt, gt_spacing = read_label_map(gt_path)
+def pair_problems(pred_path: Path, pred: np.ndarray, pred_spacing, gt_path: Path, gt: np.ndarray, gt_spacing,
+                  labels: Sequence[int], ignore_value: int | None = None, spacing_rtol: float = 1e-3) -> list[str]:
+    """What makes a prediction/reference pair unfit to compare (geometry, label values), naming the files."""
     problems = []
     if pred.shape != gt.shape:
         problems.append(f"{pred_path}: shape {pred.shape} differs from reference {gt_path} {gt.shape}")
@@ -95,6 +94,15 @@ def _evaluate_case(args):
             if what == "reference" and ignore_value in unexpected:
                 problems[-1] += (f" ({ignore_value} is the ignore label: this is a scribble map; evaluate "
                                  "against dense labels such as labelsTr_dense or labelsTs)")
+    return problems
+
+
+def _evaluate_case(args):
+    case, pred_path, gt_path, labels, ignore_value, spacing_rtol = args
+    pred, pred_spacing = read_label_map(pred_path)
+    gt, gt_spacing = read_label_map(gt_path)
+    problems = pair_problems(pred_path, pred, pred_spacing, gt_path, gt, gt_spacing, labels, ignore_value,
+                             spacing_rtol)
     if problems:
         return case, None, problems
     return case, label_metrics(pred, gt, gt_spacing, labels), []
