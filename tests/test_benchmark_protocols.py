@@ -50,6 +50,20 @@ def test_quick_configuration_is_added_once_and_leaves_stock_untouched(tmp_path):
         "arch_kwargs": {"features_per_stage": [8, 16, 32, 64, 128]}}}
 
 
+def test_quick_batch_is_fixed_whatever_nnunet_planned(tmp_path):
+    # nnU-Net's planned 2d batch grows with the number of cases (3 for the 4 shipped MSCMR subjects, 12
+    # for all 25): the quick protocols fix it so an iteration costs the same on any number of cases
+    own = quick_protocol.dataset_protocol(_raw_dataset(tmp_path))
+    batches = {name: p.quick_batch for name, p in quick_protocol.PROTOCOLS.items()} | {"--dataset": own.quick_batch}
+    assert batches == {"acdc": 8, "mscmr": 3, "--dataset": 8}
+    for planned in (3, 12):
+        plans_file = tmp_path / f"plans_{planned}.json"
+        plans_file.write_text(json.dumps({"configurations": {"2d": {
+            "batch_size": planned, "architecture": {"arch_kwargs": {"features_per_stage": [32, 64]}}}}}))
+        quick_protocol.add_quick_configuration(plans_file, quick_protocol.PROTOCOLS["mscmr"].quick_batch)
+        assert json.loads(plans_file.read_text())["configurations"]["2d_quick"]["batch_size"] == 3
+
+
 def test_table_ratios_are_against_the_dense_run_of_the_budget():
     def result(trainer, labels, dice, spi):
         return {"trainer": trainer, "variant": f"{trainer}_3000it", "labels": labels, "seconds_per_iteration": spi,
