@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import traceback
 
 import numpy as np
 import pytest
@@ -63,20 +65,20 @@ def test_checkpoint_errors_name_the_file_and_the_fix(tiny_ckpt, tmp_path):
         data = f.read()
     with open(truncated, "wb") as f:
         f.write(data[: len(data) // 2])
-    with pytest.raises(UserFacingError, match=r"truncated\.pth is corrupt or truncated"):
+    with pytest.raises(UserFacingError, match=r"truncated\.pth .*truncated"):
         load_backend("vit_b", truncated)
     garbage = str(tmp_path / "garbage.pth")
     with open(garbage, "wb") as f:
         f.write(b"not a checkpoint at all")
-    with pytest.raises(UserFacingError, match="corrupt or truncated"):
+    with pytest.raises(UserFacingError, match=r"garbage\.pth .*not a PyTorch checkpoint"):
         load_backend("vit_b", garbage)
     # a SAM of another type: detected from the shapes before anything is built
     with pytest.raises(UserFacingError, match=r"holds a SAM vit_b .*not the vit_h.*--backend vit_b"):
         load_backend("vit_h", tiny_ckpt)
-    # pickled objects are refused (weights_only=True)
+    # pickled objects are refused for safety (weights_only=True)
     pickled = str(tmp_path / "pickled.pth")
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)
-    with pytest.raises(UserFacingError, match="pickled Python objects"):
+    with pytest.raises(UserFacingError, match=r"pickled\.pth .*refused for safety.*torch\.nn\.modules\.linear\.Linear"):
         load_backend("vit_b", pickled)
     # a state dict that is not SAM
     notsam = str(tmp_path / "notsam.pth")
@@ -88,8 +90,52 @@ def test_checkpoint_errors_name_the_file_and_the_fix(tiny_ckpt, tmp_path):
     sd["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
     broken = str(tmp_path / "broken.pth")
     torch.save(sd, broken)
-    with pytest.raises(UserFacingError, match=r"broken\.pth does not fit the vit_b architecture"):
+    with pytest.raises(UserFacingError, match=r"broken\.pth does not fit the vit_b architecture: mask_decoder has "
+                                              r"1 weight\(s\) of another shape \(iou_token\.weight"):
         load_backend("vit_b", broken)
+    # right kind, weights missing (e.g. a file saved from a modified model)
+    del sd["mask_decoder.iou_token.weight"], sd["prompt_encoder.no_mask_embed.weight"]
+    torch.save(sd, broken)
+    with pytest.raises(UserFacingError, match=r"broken\.pth does not fit the vit_b architecture: prompt_encoder misses "
+                                              r"1 weight\(s\) \(no_mask_embed\.weight\)"):
+        load_backend("vit_b", broken)
+
+
+class _RunsCode:
+    """Unpickling this object would call os.mkdir(marker): a checkpoint with code in it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_checkpoint_with_code_is_refused_for_safety_and_never_run(tiny_ckpt, tmp_path, protocol):
+    marker = str(tmp_path / "code_ran")
+    evil = str(tmp_path / "evil.pth")
+    with open(evil, "wb") as f:
+        pickle.dump({"model": _RunsCode(marker)}, f, protocol=protocol)
+    with pytest.raises(UserFacingError) as info:
+        load_backend("vit_b", evil)
+    msg = str(info.value)
+    assert "evil.pth" in msg and "refused for safety" in msg and "mkdir" in msg, msg
+    assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg, msg
+    assert "corrupt" not in msg
+    shown = "".join(traceback.format_exception(info.value))       # what a traceback would print
+    assert "weights_only" not in shown and "arbitrary code execution" not in shown   # torch's advice is not chained
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"", b"\x80\x02", b"PK\x03\x04 truncated zip"])
+def test_file_that_is_no_checkpoint_names_the_file(tiny_ckpt, tmp_path, content):
+    """A 6-byte text file used to give `KeyError: 101` from inside torch."""
+    path = str(tmp_path / "notes.pth")
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(UserFacingError, match=rf"notes\.pth \({len(content)} bytes\) is not a PyTorch checkpoint"):
+        load_backend("vit_b", path)
 
 
 def test_litemedsam_default_checkpoint_is_identified_and_loads():

@@ -119,6 +119,63 @@ def _fix_hint(name: str) -> str:
             f"--checkpoint or ${ENV_CHECKPOINT}.")
 
 
+def _pickle_imports(path: str) -> Optional[list[str]]:
+    """Names the checkpoint's pickle would import (``module.name``), or None if the file holds no complete,
+    well-formed pickle (``data.pkl`` of a zip checkpoint, else the file's first pickle). Only parses."""
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not pkl:
+                    return None
+                stream = io.BytesIO(z.read(pkl[0]))
+        else:
+            stream = open(path, "rb")
+        with stream:
+            names, strings = [], []
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(".".join(str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+            return names
+    except Exception:   # noqa: BLE001 - any parse failure means: not a (complete) pickle
+        return None
+
+
+def _tensor_global(name: str) -> bool:
+    """Whether a pickled global is one of the names plain tensor state dicts use."""
+    return (name == "collections.OrderedDict" or name.startswith("torch._utils._rebuild_")
+            or (name.startswith("torch.") and (name.count(".") == 1 or name.endswith("Storage"))))
+
+
+def _unreadable(path: str, name: str, error: Exception) -> UserFacingError:
+    """The error for a checkpoint torch.load(weights_only=True) could not read."""
+    size = os.path.getsize(path)
+    imports = _pickle_imports(path)
+    refused = isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower()
+    if refused and imports is not None:
+        suspicious = sorted({n for n in imports if not _tensor_global(n)})
+        what = f" (it would import {', '.join(suspicious[:5])})" if suspicious else ""
+        return UserFacingError(
+            f"SAM checkpoint {path} was refused for safety: it holds pickled Python objects besides tensors{what}, "
+            f"and loading those can run arbitrary code, so only plain tensor weights are read. Use a file that "
+            f"holds only the model's state dict (torch.save(model.state_dict(), FILE)), such as the official one. "
+            f"{_fix_hint(name)}")
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "weights_only" in detail or "weights only" in detail.lower():
+        detail = ""                           # torch's advice to load unsafely is never repeated
+    return UserFacingError(
+        f"SAM checkpoint {path} ({size} bytes) is not a PyTorch checkpoint: it is truncated or corrupt (e.g. an "
+        f"interrupted download) or not a checkpoint at all ({type(error).__name__}{': ' + detail if detail else ''}). "
+        f"{_fix_hint(name)}")
+
+
 def read_state_dict(path: str, name: str) -> dict:
     """The checkpoint's state dict (tensors only, ``weights_only=True``), with clear errors."""
     import torch
@@ -127,18 +184,12 @@ def read_state_dict(path: str, name: str) -> dict:
         raise UserFacingError(f"SAM checkpoint {path} (backend {name}) does not exist. {_fix_hint(name)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
-            raise UserFacingError(
-                f"SAM checkpoint {path} holds pickled Python objects besides tensors and is not loaded for safety "
-                f"(torch.load weights_only=True). Save only the model's state_dict (torch.save(model.state_dict(), "
-                f"FILE)) or use the official file. {_fix_hint(name)}") from e
-        raise UserFacingError(f"SAM checkpoint {path} is corrupt or truncated "
-                              f"({os.path.getsize(path)} bytes; {type(e).__name__}: {e}). {_fix_hint(name)}") from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserFacingError(f"SAM checkpoint {path} is corrupt or truncated "
-                              f"({os.path.getsize(path)} bytes; {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-                              f"{_fix_hint(name)}") from e
+    except Exception as e:   # noqa: BLE001 - arbitrary bytes make torch.load raise anything (KeyError, EOFError, ...)
+        error = _unreadable(path, name, e)
+    else:
+        error = None
+    if error is not None:    # raised outside the except block: torch's message (advice included) is not chained
+        raise error
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -174,13 +225,22 @@ def check_kind(sd: dict, path: str, name: str) -> None:
 
 
 def _load_strict(module, sd: dict, prefix: str, path: str, name: str) -> None:
+    """Load ``prefix``'s weights into ``module``; every weight must be there, with the model's shape."""
     part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    try:
-        module.load_state_dict(part, strict=True)
-    except RuntimeError as e:
-        lines = str(e).splitlines()
-        raise UserFacingError(f"SAM checkpoint {path} does not fit the {name} architecture ({prefix.rstrip('.')}): "
-                              f"{' '.join(lines[:3])[:400]}. {_fix_hint(name)}") from e
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in part]
+    unexpected = [k for k in part if k not in expected]
+    reshaped = [f"{k}: {tuple(part[k].shape)} in the file, {tuple(v.shape)} in the model"
+                for k, v in expected.items() if k in part and part[k].shape != v.shape]
+    problems = []
+    for what, keys in (("misses", missing), ("has unexpected", unexpected), ("has", reshaped)):
+        if keys:
+            noun = "weight(s) of another shape" if keys is reshaped else "weight(s)"
+            problems.append(f"{what} {len(keys)} {noun} ({'; '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})")
+    if problems:
+        raise UserFacingError(f"SAM checkpoint {path} does not fit the {name} architecture: {prefix.rstrip('.')} "
+                              f"{', '.join(problems)}. {_fix_hint(name)}")
+    module.load_state_dict(part, strict=True)
 
 
 # ---- the backend -----------------------------------------------------------------------------
