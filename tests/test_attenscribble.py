@@ -163,6 +163,29 @@ def test_attention_loss_symmetry_and_dense_reference():
         attentive_similarity_loss(sym, y, grid, head, radius=1)
 
 
+@pytest.mark.parametrize("grid, radius, spacing", [((2, 4, 4), 5, None), ((1, 3, 2), 5, None),
+                                                    ((2, 6, 6), 5, (4.0, 2.0, 2.0)), ((3, 2), 4, None)])
+def test_window_pairs_skip_offsets_wider_than_the_grid(grid, radius, spacing):
+    """A window wider than the token grid on an axis (3d_fullres: few slices): every pair once, in the grid."""
+    i, j, d2 = window_pairs(grid, radius, spacing)
+    coords = torch.tensor(list(itertools.product(*[range(n) for n in grid])), dtype=torch.float64)
+    radii = torch.tensor(window_radii(radius, len(grid), spacing), dtype=torch.float64)
+    diff = coords[:, None] - coords[None]
+    in_window = (diff.abs() <= radii).all(-1) & (diff.abs().amax(-1) > 0)
+    expected = {tuple(sorted(p)) for p in torch.nonzero(in_window).tolist()}
+    assert i.numel() == j.numel() == d2.numel() == len(expected)
+    assert {tuple(sorted(p)) for p in zip(i.tolist(), j.tolist())} == expected
+    # the network keeps exactly these pairs and the loss accepts them
+    block = SpatialSelfAttention(8)
+    block.train()
+    block.expose_attention, block.window_radius, block.window_spacing = True, radius, spacing
+    block(torch.randn((2, 8) + grid))
+    window, got_grid = block.pop_attention()
+    y = torch.softmax(torch.randn((2, 3) + grid), 1)
+    loss = attentive_similarity_loss(window, y, got_grid, block.similarity, radius=radius, spacing=spacing)
+    assert torch.isfinite(loss)
+
+
 def test_fused_attention_equals_autograd_reference():
     """attention_with_window: output, window values and every gradient equal plain autograd."""
     gen = torch.Generator().manual_seed(2)

@@ -36,11 +36,11 @@ def _window_pairs_np(grid_shape: tuple, radius: int, spacing: tuple | None):
     grid = np.arange(int(np.prod(grid_shape))).reshape(grid_shape)
     idx_i, idx_j, d2 = [], [], []
     for offset in half_window_offsets(window_radii(radius, len(grid_shape), spacing)):
+        if any(abs(o) >= n for o, n in zip(offset, grid_shape)):
+            continue    # no pair: the window is wider than the grid on this axis (as in the masked CRF)
         src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, grid_shape))
         dst = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, grid_shape))
         i = grid[src].ravel()
-        if i.size == 0:
-            continue
         idx_i.append(i)
         idx_j.append(grid[dst].ravel())
         d2.append(np.full(i.size, offset_distance_sq(offset, spacing)))
