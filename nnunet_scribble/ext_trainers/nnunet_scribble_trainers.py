@@ -5,3 +5,4 @@ from nnunet_scribble.training.dmpls import *  # noqa: F401,F403
 from nnunet_scribble.training.stock import *  # noqa: F401,F403
 from nnunet_scribble.training.maco import *  # noqa: F401,F403
 from nnunet_scribble.training.samsp import *  # noqa: F401,F403
+from nnunet_scribble.training.medcl import *  # noqa: F401,F403
