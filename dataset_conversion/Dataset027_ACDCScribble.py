@@ -11,7 +11,7 @@ Same as ``nnunet-scribble convert acdc -d 27 ...``; every option of that command
 """
 import sys
 
-from nnunet_scribble.conversion.command import run
+from nnunet_scribble.conversion.command import run_script
 
 if __name__ == "__main__":
-    sys.exit(run(["convert", "acdc", "-d", "27", *sys.argv[1:]]))
+    sys.exit(run_script("acdc", 27))

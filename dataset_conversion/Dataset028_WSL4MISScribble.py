@@ -10,7 +10,7 @@ Same as ``nnunet-scribble convert wsl4mis -d 28 ...``; every option of that comm
 """
 import sys
 
-from nnunet_scribble.conversion.command import run
+from nnunet_scribble.conversion.command import run_script
 
 if __name__ == "__main__":
-    sys.exit(run(["convert", "wsl4mis", "-d", "28", *sys.argv[1:]]))
+    sys.exit(run_script("wsl4mis", 28))

@@ -11,7 +11,7 @@ Same as ``nnunet-scribble convert mscmr -d 29 ...``; every option of that comman
 """
 import sys
 
-from nnunet_scribble.conversion.command import run
+from nnunet_scribble.conversion.command import run_script
 
 if __name__ == "__main__":
-    sys.exit(run(["convert", "mscmr", "-d", "29", *sys.argv[1:]]))
+    sys.exit(run_script("mscmr", 29))

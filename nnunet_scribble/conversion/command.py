@@ -10,7 +10,16 @@ from nnunet_scribble.errors import UserFacingError
 PRESET_NAMES = ("acdc", "chaos", "myops", "nci-isbi")
 
 
-def register(subparsers) -> None:
+def register(subparsers, script: tuple[str, int, str] | None = None) -> None:
+    """Add the subcommands. ``script = (format, dataset_id, prog)``: the ``convert format`` parser is the one of a
+    ``dataset_conversion/`` script, named ``prog``, whose dataset ID is set (``-d`` optional there)."""
+
+    def format_parser(name: str, help: str):
+        if script is None or script[0] != name:
+            return formats.add_parser(name, help=help), None
+        return formats.add_parser(name, help=help, prog=script[2], description=(
+            f"{help}. Same as `nnunet-scribble convert {name} -d {script[1]}`.")), script[1]
+
     convert = subparsers.add_parser(
         "convert", help="convert a published scribble dataset into an nnU-Net raw dataset",
         description="Convert scribbles into $nnUNet_raw/DatasetNNN_Name: labelsTr = scribbles with the nnU-Net "
@@ -18,43 +27,43 @@ def register(subparsers) -> None:
                     "patient-grouped splits_final.json (also written to $nnUNet_preprocessed/DatasetNNN_Name/).")
     formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
 
-    p = formats.add_parser("acdc", help="official ACDC layout + Valvano et al. scribbles")
+    p, dataset_id = format_parser("acdc", "official ACDC layout + Valvano et al. scribbles")
     p.add_argument("-i", "--input", required=True, type=Path,
                    help="ACDC folder containing training/patientXXX/ (an official testing/ folder beside it goes "
                         "to imagesTs)")
     p.add_argument("-s", "--scribbles", required=True, type=Path,
                    help="folder with patientXXX_frameYY_scribble.nii.gz")
     _test_patients(p)
-    _target_args(p, "ACDCScribble")
+    _target_args(p, "ACDCScribble", dataset_id=dataset_id)
     p.set_defaults(func=_convert_acdc)
 
-    p = formats.add_parser("wsl4mis", help="WSL4MIS h5 volumes (keys image, label, scribble)")
+    p, dataset_id = format_parser("wsl4mis", "WSL4MIS h5 volumes (keys image, label, scribble)")
     p.add_argument("-i", "--input", required=True, type=Path, help="folder of patientXXX_frameYY.h5 volumes")
     p.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
                    help="voxel spacing in mm, array order z y x, for every case (the h5 files store none; default: "
                         "ACDC's typical 10 1.5 1.5, with a warning)")
     _test_patients(p)
-    _target_args(p, "WSL4MISScribble")
+    _target_args(p, "WSL4MISScribble", dataset_id=dataset_id)
     p.set_defaults(func=_convert_wsl4mis)
 
-    p = formats.add_parser("mscmr", help="MS-CMRSeg 2019 in the CycleMix layout (train/val/TestSet)")
+    p, dataset_id = format_parser("mscmr", "MS-CMRSeg 2019 in the CycleMix layout (train/val/TestSet)")
     p.add_argument("-i", "--input", required=True, type=Path, help="folder containing train/, val/, TestSet/")
-    _target_args(p, "MSCMRScribble", repair_geometry=True)
+    _target_args(p, "MSCMRScribble", repair_geometry=True, dataset_id=dataset_id)
     p.set_defaults(func=_convert_mscmr)
 
     p = formats.add_parser(
         "folder", help="any folder of images + folder of scribbles (+ dense labels), 2D PNG or 3D",
         description="Pair files by name (minus the folder's suffix) and translate label values with a preset or "
                     "with --classes/--scribble-values/--unlabeled. Presets: "
-                    + "; ".join(f"{k}: {v.description}" for k, v in _presets().items()))
+                    + " ".join(f"{k}: {v.description}" for k, v in _presets().items()))
     p.add_argument("-i", "--images", required=True, type=Path, help="training images")
     p.add_argument("-s", "--scribbles", required=True, type=Path, help="scribble maps")
     p.add_argument("--dense", type=Path, help="dense labels of the training images (-> labelsTr_dense)")
     p.add_argument("--test-images", type=Path, help="test images (-> imagesTs)")
     p.add_argument("--test-labels", type=Path, help="dense labels of the test images (-> labelsTs)")
-    for kind in ("image", "scribble", "dense"):
+    for kind, example in (("image", "_img"), ("scribble", "_scribble"), ("dense", "_gt")):
         p.add_argument(f"--{kind}-suffix", default="", help=f"{kind} file name ending before the extension "
-                                                            f"(e.g. _scribble); default none")
+                                                            f"(e.g. {example}); default none")
     p.add_argument("--preset", choices=PRESET_NAMES, help="a documented label convention")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names, starting with 'background' (nnU-Net's name for class 0)")
@@ -99,8 +108,20 @@ def run(argv) -> int:
 
     Returns the exit code: 0, or 2 after printing a :class:`UserFacingError` to stderr.
     """
-    parser = argparse.ArgumentParser(prog="nnunet-scribble")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return _run_parsed(argv)
+
+
+def run_script(fmt: str, dataset_id: int, argv=None) -> int:
+    """Entry point of a ``dataset_conversion/DatasetNNN_Name.py`` script: ``convert FMT -d DATASET_ID ARGV``."""
+    argv = sys.argv[1:] if argv is None else argv
+    return _run_parsed(["convert", fmt, *argv], script=(fmt, dataset_id, Path(sys.argv[0]).name))
+
+
+def _run_parsed(argv, script=None) -> int:
+    from nnunet_scribble.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="nnunet-scribble")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), script)
     args = parser.parse_args([str(a) for a in argv])
     try:
         return int(args.func(args) or 0)
@@ -126,9 +147,13 @@ def _patient_pattern(p):
                         "cases of one patient share a fold; default: every case is its own patient")
 
 
-def _target_args(p, default_name, required_id=True, repair_geometry=False):
+def _target_args(p, default_name, required_id=True, repair_geometry=False, dataset_id=None):
     g = p.add_argument_group("output")
-    g.add_argument("-d", "--dataset-id", type=int, required=required_id, help="nnU-Net dataset ID (1-999)")
+    if dataset_id is None:
+        g.add_argument("-d", "--dataset-id", type=int, required=required_id, help="nnU-Net dataset ID (1-999)")
+    else:
+        g.add_argument("-d", "--dataset-id", type=int, default=dataset_id,
+                       help="nnU-Net dataset ID (default: %(default)s, set by this script)")
     g.add_argument("-n", "--name", default=default_name, required=default_name is None and required_id,
                    help=f"dataset name (default {default_name})" if default_name else "dataset name")
     g.add_argument("--nnunet-raw", help="nnU-Net raw folder (default: $nnUNet_raw)")

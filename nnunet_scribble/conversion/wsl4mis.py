@@ -31,7 +31,8 @@ def _h5py():
     try:
         import h5py
     except ImportError:
-        raise UserFacingError("reading WSL4MIS .h5 files needs h5py: pip install h5py") from None
+        raise UserFacingError('reading WSL4MIS .h5 files needs h5py, an optional part of nnunet-scribble: '
+                              'pip install "nnunet-scribble[wsl4mis]" (or pip install h5py)') from None
     return h5py
 
 

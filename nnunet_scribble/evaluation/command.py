@@ -13,9 +13,11 @@ def register(subparsers) -> None:
     p.add_argument("-l", "--labels", type=int, nargs="+", default=None,
                    help="class values to evaluate (default: from dataset.json in -pred or next to -gt, "
                         "else every non-zero value in the references)")
-    p.add_argument("--allow-missing-predictions", action="store_true",
-                   help="evaluate only the predicted cases when the reference folder holds more")
-    p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.add_argument("--allow-missing-predictions", "--chill", action="store_true",
+                   help="evaluate only the predicted cases when the reference folder holds more "
+                        "(--chill: nnU-Net's spelling)")
+    p.add_argument("-np", "--num-processes", type=int, default=2,
+                   help="parallel worker processes (default: %(default)s)")
     p.set_defaults(func=_run)
 
 

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
                    help="foreground classes, winner of overlaps first (default: smaller mean round-0 mask first)")
     p.add_argument("--channel", type=int, default=0, help="image channel given to SAM (default 0)")
     p.add_argument("--overlays", type=int, default=4, help="slices with overlay PNGs per round (default 4)")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("-device", "--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.set_defaults(func=_run)
 
 
