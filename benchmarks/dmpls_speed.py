@@ -3,7 +3,7 @@
 What is measured: nnU-Net's ``train_step`` (forward, loss, backward, gradient clipping, SGD step) of
 each trainer, in one process, on the same fixed batch and the same in-memory plans: an ACDC-like 2D
 configuration (patch 256x224, batch 8, 6 stages, strides 1-2-2-2-2-2, 2 convs per stage, instance
-norm; features scaled by ``--widths``: quarter = 8..128 as in DESIGN.md's quick protocol, half, full
+norm; features scaled by ``--widths``: quarter = 8..128 as in the quick protocol (``quick_protocol.py``), half, full
 = nnU-Net's default 32..512), 4 classes + ignore, deep supervision on. Data loading and
 augmentation are not included (identical for the three trainers). Each trainer is built by
 nnU-Net's own ``initialize()``. Steps are interleaved round-robin (rotating order) so that load from

@@ -1,4 +1,4 @@
-"""Full protocol (GPU, DESIGN.md section 6): nnU-Net's own plans and epochs, 5-fold CV + the test set.
+"""Full protocol (GPU): nnU-Net's own plans and epochs, 5-fold CV + the test set.
 
     python benchmarks/full_protocol.py --work WORK nnUNetTrainerPCE nnUNetTrainerSAMSP --dense   # acdc-full
     python benchmarks/full_protocol.py --work WORK --budget 5epochs --folds 0 nnUNetTrainerPCE   # smoke run
@@ -16,7 +16,7 @@ way an nnU-Net user trains it:
   ``labelsTr_dense`` (nnU-Net's own ``summary.json`` compares with the scribbles it trained on);
 - test score: the 5-fold ensemble (``nnUNetv2_predict -f 0 1 2 3 4``) on imagesTs against labelsTs.
 
-Choice: DESIGN.md describes 5-fold CV on ACDC 001-085; here 071-085 stay out of training as the test
+Choice: the protocol as first planned was 5-fold CV on ACDC 001-085; here 071-085 stay out of training as the test
 set, so the full and the quick table are measured on the same test patients (and the issue asks for
 CV + test). Speed: median epoch time / 250 iterations over all folds (nnU-Net's default iterations
 per epoch; the epoch variants keep it). On ``--device cuda`` nnU-Net's own environment defaults

@@ -1,4 +1,4 @@
-"""Quick CPU protocols (DESIGN.md section 6): train trainers under one budget, predict, evaluate.
+"""Quick CPU protocols: train trainers under one budget, predict, evaluate.
 
     python benchmarks/quick_protocol.py --work WORK nnUNetTrainerPCE nnUNetTrainerMaCo --dense     # acdc
     python benchmarks/quick_protocol.py --protocol mscmr --work WORK nnUNetTrainerPCE

@@ -8,7 +8,7 @@ Shapes: probabilities ``y`` are softmax outputs ``(B, C, *spatial)``; label maps
 - :func:`soft_dice_loss`: soft Dice of probabilities to a label map (the pseudo-label term
   ``Dice(y, PL)``; SAM-SP reuses it for ``Dice(y, PL_SAM)``, whose maps may hold ``ignore`` voxels).
 
-The trainer's total (DESIGN.md section 5):
+The trainer's total (docs/methods/dmpls.md):
 ``L = 0.5 [L_part(y1) + L_part(y2)] + 0.5 * 0.5 [Dice(y1, PL) + Dice(y2, PL)]``.
 """
 from __future__ import annotations

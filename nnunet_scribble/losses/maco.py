@@ -1,4 +1,4 @@
-"""MaCo loss terms (DESIGN.md section 5) as pure torch functions, N-D (2D and 3D).
+"""MaCo loss terms (docs/methods/maco.md) as pure torch functions, N-D (2D and 3D).
 
 Shapes: predictions ``y`` are softmax probabilities ``(B, C, *spatial)``; CPL targets are
 float ``(B, C, *spatial)`` (0 = no target); GC regions are ``(B, 1, *spatial)`` bool/float.

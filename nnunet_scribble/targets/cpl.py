@@ -1,4 +1,4 @@
-"""Continuous pseudo labels (CPL) from a scribble map (MaCo, DESIGN.md section 5).
+"""Continuous pseudo labels (CPL) from a scribble map (MaCo; docs/methods/maco.md).
 
 For every class k (background included) with at least one scribble voxel in the patch:
 ``d_k`` = Euclidean distance to the nearest scribble voxel of class k,

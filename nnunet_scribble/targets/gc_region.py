@@ -1,4 +1,4 @@
-"""Global-category (GC) region from a scribble map (MaCo, DESIGN.md section 5).
+"""Global-category (GC) region from a scribble map (MaCo; docs/methods/maco.md).
 
 The background scribble is assumed to be drawn around all targets. The GC region is
 

@@ -1,4 +1,4 @@
-"""Masked context modeling (MCM) masks (MaCo, DESIGN.md section 5). Torch, batched, N-D.
+"""Masked context modeling (MCM) masks (MaCo; docs/methods/maco.md). Torch, batched, N-D.
 
 The spatial patch is split into non-overlapping cubes of side ``patch_size`` per axis, anchored
 at index 0; when a size is not divisible the last cube along that axis is partial (the paper

@@ -5,7 +5,7 @@
 - ``<Trainer>_<N>it`` (``_3000it``, ``_1000it``): a fixed number of training iterations for
   benchmarks (``ITERATION_BUDGETS``: epochs x iterations per epoch), with 5 validation iterations per
   epoch (the per-epoch validation loss is only logged), ``checkpoint_latest`` every 10 epochs (a cut
-  run resumes with ``--c``) and no final validation: a benchmark predicts its own test set. ``_3000it`` is the budget of the ``acdc-quick`` protocol (DESIGN.md section 6);
+  run resumes with ``--c``) and no final validation: a benchmark predicts its own test set. ``_3000it`` is the budget of the ``acdc-quick`` protocol (``benchmarks/quick_protocol.py``);
   ``_1000it`` a reduced budget for a first look where 3000 iterations do not fit.
 
 nnU-Net writes such variants out by hand; here one call per trainer creates them as module-level

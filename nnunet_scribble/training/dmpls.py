@@ -3,8 +3,8 @@
 Paper: Luo, Hu, Liao, Zhai, Song, Wang, Zhang, "Scribble-supervised medical image segmentation via
 dual-branch network and dynamically mixed pseudo labels supervision", MICCAI 2022.
 
-Formulation (DESIGN.md section 5)
----------------------------------
+Formulation
+-----------
 Network: nnU-Net's planned U-Net (2D or 3D) whose encoder feeds two decoders of the same
 architecture (:class:`nnunet_scribble.networks.dual_decoder.DualDecoderUNet`); the auxiliary decoder
 reads every encoder output through feature dropout (p = ``aux_dropout_p`` = 0.5). Both decoders have
@@ -27,9 +27,9 @@ Deviations from the paper / official code (WSL4MIS ``UNet_CCT`` + DMPLS training
   nnU-Net's optimizer, schedule, patch sampling and augmentation instead of the paper's (SGD lr 0.01,
   256x256 slices, 60k iterations, flips/rotations).
 - Partial loss: nnU-Net's ignore-aware Dice + CE with deep supervision on both decoders, not partial
-  CE alone on the full-resolution outputs (DESIGN.md: ``L_part`` is nnU-Net's loss in this plugin).
-- Pseudo-label Dice acts on the full-resolution outputs only (DESIGN.md: method terms on the
-  full-resolution output unless stated). Decision: the paper has no deep supervision; the lower
+  CE alone on the full-resolution outputs (in every trainer of this plugin ``L_part`` is nnU-Net's own ignore-aware loss).
+- Pseudo-label Dice acts on the full-resolution outputs only (the plugin's rule: method terms act on
+  the full-resolution output unless stated). Decision: the paper has no deep supervision; the lower
   scales already get ``L_part``, and an argmax pseudo label downsampled to 1/16 is mostly boundary
   noise. The pseudo label is computed from the full-resolution outputs of both decoders.
 - Dice to the pseudo label: as the official ``pDLoss`` (per class over the whole batch, squared
@@ -64,7 +64,7 @@ from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
     """DMPLS: ``L = w_part [L_part(y1) + L_part(y2)] + w_pl * 0.5 [Dice(y1, PL) + Dice(y2, PL)]``."""
 
-    # loss weights (paper / DESIGN.md: 0.5 and 0.5)
+    # loss weights (paper: 0.5 and 0.5)
     partial_weight: float = 0.5
     pseudo_label_weight: float = 0.5
     # network (read by build_network_architecture, also at prediction time)

@@ -1,6 +1,7 @@
 """nnUNetTrainerMaCo: masked context modeling + continuous pseudo labels (MaCo).
 
-Loss (DESIGN.md section 5; the paper's equations were lost in extraction, this is the project's reading):
+Loss (the paper's equations were not legible in the copy this project worked from; this is the project's
+reading, detailed in docs/methods/maco.md):
 
     L = L_part(y) + 0.5 L_part(y_m) + 0.1 L_cc + 0.1 L_ep + 0.1 L_cpl
 

@@ -1,6 +1,7 @@
 """nnUNetTrainerSAMSP: DMPLS segmentor supervised by scribbles and by SAM pseudo-labels (stage C of SAM-SP).
 
-Paper: SAM-SP (``../shared/papers/SAM-SP_appendix.txt``); formulation: DESIGN.md section 5.
+Paper: "SAM-SP: SAM-guided Semantic Alignment and Pseudo-label Fine-tuning for Scribble-Supervised Medical
+Image Segmentation" (appendix); formulation and every choice: docs/methods/samsp.md.
 
 At the start of training the SAM stages run for this fold if their outputs are missing (stage A: the
 frozen-encoder embedding cache; stage B: prompts from the fold's training scribbles, pseudo-labels,
@@ -26,10 +27,10 @@ cheaper SAM stage (e.g. ``NNUNET_SCRIBBLE_SAM_ROUNDS=0``) without writing a trai
 Deviations from the paper and guesses
 -------------------------------------
 - The paper does not state how the SAM pseudo-label term is weighted against the DMPLS loss nor whether
-  it acts on both branches; DESIGN.md gives ``L_DMPLS + Dice(y, PL_SAM)``. Guess: weight 1, averaged over
+  it acts on both branches; the project reads it as ``L_DMPLS + Dice(y, PL_SAM)``. Guess: weight 1, averaged over
   both decoders like DMPLS's own pseudo-label term, full resolution only.
 - The paper's CSF attention modules at the skip connections and its learned output convolution that
-  fuses the two decoders are not built (DESIGN.md marks them optional): the segmentor is exactly
+  fuses the two decoders are not built (optional in the project's reading): the segmentor is exactly
   :class:`nnUNetTrainerDMPLS`, so checkpoints predict with stock nnU-Net and the comparison with DMPLS
   isolates the SAM pseudo-labels.
 - SAM: LiteMedSAM by default (the paper: ViT-H, which cannot be downloaded here; pass ``vit_h`` and a
