@@ -75,6 +75,43 @@ def run_cli(*args) -> int:
     return run(args)
 
 
+# a conversion subcommand in a child process that is killed (SIGKILL: no clean-up, no finally) at a chosen point:
+# KILL_AFTER_WRITES before its N-th image/label file (argv[1] = N), KILL_IN_SWAP right after the old output folder
+# was renamed aside, before the new one is renamed into place
+_KILLED_RUN = """
+import os, pathlib, signal, sys
+from nnunet_scribble.conversion import volume
+point, n = sys.argv[1], int(sys.argv[2])
+real_write, real_rename, written = volume.write, pathlib.Path.rename, []
+
+def write(*args, **kwargs):
+    if point == "writes" and len(written) == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    written.append(args[1])
+    real_write(*args, **kwargs)
+
+def rename(self, target):
+    result = real_rename(self, target)
+    if point == "swap" and ".old-" in pathlib.Path(target).name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+volume.write, pathlib.Path.rename = write, rename
+from nnunet_scribble.conversion.command import run
+sys.exit(run(sys.argv[3:]))
+"""
+
+
+def run_cli_killed(point: str, n: int, *args) -> subprocess.CompletedProcess:
+    """Run a conversion subcommand in a child process killed at ``point`` ('writes': before the ``n``-th file write;
+    'swap': inside the folder swap); asserts that the kill happened."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", _KILLED_RUN, point, str(n), *map(str, args)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == -9, (result.returncode, result.stderr[-3000:])
+    return result
+
+
 @pytest.fixture
 def nnunet_dirs(tmp_path, monkeypatch):
     """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results under tmp_path (environment patched)."""

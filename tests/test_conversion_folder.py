@@ -221,3 +221,31 @@ def test_missing_raw_folder_is_a_clear_error(tmp_path, monkeypatch, capsys):
     make_folder_3d(tmp_path / "src", n_patients=1)
     assert convert_3d(tmp_path / "src", "--preset", "acdc") == 2
     assert "set the environment variable nnUNet_raw or pass --nnunet-raw" in capsys.readouterr().err
+
+
+def test_scribbles_without_background_are_warned_per_case_and_summed_up(tmp_path, nnunet_dirs, capsys):
+    """The trainers learn background only from background scribbles: a case without any is converted (it may be
+    intended) with a warning naming its file, and one summary line counts and names such cases."""
+    src = tmp_path / "src"
+    make_folder_3d(src, n_patients=4)
+    unscribbled = ("pat0_visit0", "pat1_visit1", "pat2_visit0", "pat2_visit1", "pat3_visit0", "pat3_visit1")
+    for case in unscribbled:
+        path = src / "scribbles" / f"{case}_scr.nii.gz"
+        scribble, _ = read(path)
+        scribble[scribble == 0] = 4
+        write_nifti(scribble, path)
+    assert convert_3d(src, "--preset", "acdc") == 0
+    err = capsys.readouterr().err
+    for case in unscribbled:
+        assert f"scribbles/{case}_scr.nii.gz: no background scribble" in err, case
+    assert err.count(": no background scribble (no voxel of class 0") == len(unscribbled)
+    summary = [line for line in err.splitlines() if "training cases have no background scribble" in line]
+    assert len(summary) == 1
+    assert summary[0].startswith("warning: 6 of 8 training cases have no background scribble "
+                                 "(pat0_visit0, pat1_visit1, pat2_visit0, pat2_visit1, pat3_visit0 and 1 more)")
+    labels, _ = read(nnunet_dirs["nnUNet_raw"] / "Dataset005_Toy" / "labelsTr" / "pat0_visit0.nii.gz")
+    assert 0 not in labels                                                    # converted as given
+
+    make_folder_3d(tmp_path / "fine", n_patients=1)
+    assert convert_folder_3d(tmp_path / "fine", 6, "Fine", "--preset", "acdc") == 0
+    assert "no background scribble" not in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from conversion_helpers import convert_folder_3d, make_folder_3d, nnunet_dirs, read, run_cli, splits_of
+from nnunet_scribble.conversion.output import MARKER
 from nnunet_scribble.conversion.shrink import ShrinkHook, shrink_scribbles
 from nnunet_scribble.conversion.simulate import (SimulateHook, border_line, case_rng, interior_line, pick_component,
                                                  simulate_scribbles, slice_axis, thicken)
@@ -182,11 +183,12 @@ def test_simulate_and_shrink_datasets_through_the_cli(tmp_path, nnunet_dirs):
 
     out = tmp_path / "folder_mode"
     assert run_cli("simulate-scribbles", "-i", tmp_path / "src" / "dense", "-o", out, "--num-classes", 4, "-np", 1) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "src" / "dense").iterdir())
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (tmp_path / "src" / "dense").iterdir())
+    assert (out / MARKER).is_file() and len(list(out.iterdir())) == 7  # the labels and the tool's marker
     # two workers: the parallel path (spawned processes, pickled hooks) is exercised here
     assert run_cli("shrink-scribbles", "-i", out, "-o", tmp_path / "shrunk", "--ignore-label", 4, "--ratio", 20,
                    "-np", 2) == 0
-    assert len(list((tmp_path / "shrunk").iterdir())) == 6
+    assert len(list((tmp_path / "shrunk").glob("*.nii.gz"))) == 6
 
 
 def test_simulation_and_shrink_refuse_unsuitable_sources(tmp_path, nnunet_dirs, capsys):
@@ -201,3 +203,17 @@ def test_simulation_and_shrink_refuse_unsuitable_sources(tmp_path, nnunet_dirs, 
     assert "folder mode needs -o OUT and --ignore-label" in capsys.readouterr().err
     assert run_cli("simulate-scribbles", "-s", 99, "-d", 6) == 2
     assert "found 0 matching folders" in capsys.readouterr().err
+
+
+def test_folder_mode_warns_about_scribbles_without_background(tmp_path, capsys):
+    """Dense labels without background (a crop inside an organ) give scribbles without background: warned."""
+    from conversion_helpers import write_nifti
+
+    dense = tmp_path / "dense"
+    write_nifti(organs(2)[:, 35:45, 35:45].copy(), dense / "inside.nii.gz")   # classes 2 and 3 only
+    write_nifti(organs(2), dense / "whole.nii.gz")
+    assert run_cli("simulate-scribbles", "-i", dense, "-o", tmp_path / "out", "--num-classes", 4, "-np", 1) == 0
+    err = capsys.readouterr().err
+    assert f"{dense / 'inside.nii.gz'}: no background scribble" in err
+    assert "whole.nii.gz: no background" not in err
+    assert "warning: 1 of 2 files have no background scribble (inside.nii.gz)" in err

@@ -72,7 +72,7 @@ def convert(root: Path, scribble_dir: Path, target: Target, test_patients: set[s
     cases, problems = collect_cases(root, scribble_dir, set(test_patients))
     return write_dataset(
         cases, target, Settings(PRESETS["acdc"], repair_geometry=repair_geometry), channel_names={0: "cineMRI"},
-        problems=problems, num_processes=num_processes, split_seed=split_seed,
+        problems=problems, num_processes=num_processes, split_seed=split_seed, inputs=[root, scribble_dir],
         description="ACDC cine-MRI with Valvano et al. scribbles; labelsTr = scribbles, labelsTr_dense = ground truth",
         reference="Bernard et al., IEEE TMI 2018 (ACDC); Valvano, Leo, Tsaftaris, IEEE TMI 2021 (scribbles)",
         license="research use only, see the ACDC challenge terms")

@@ -7,7 +7,8 @@ Layout written into ``$nnUNet_raw/DatasetNNN_Name/``::
 
 Every case is read and checked (pairing, geometry, label values, empty scribbles, data types) in
 parallel; all problems are reported together in one :class:`UserFacingError` and nothing is left
-behind. The dataset is assembled in a hidden sibling folder and renamed into place at the end.
+behind. The dataset is assembled in a hidden sibling folder and swapped into place at the end
+(:mod:`.output`: no overlap with the inputs, only folders written by this tool are replaced).
 ``splits_final.json`` (patient-grouped folds) also goes to ``$nnUNet_preprocessed/DatasetNNN_Name/``,
 where nnU-Net reads it.
 """
@@ -17,7 +18,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +27,12 @@ import numpy as np
 
 from nnunet_scribble.conversion import volume as vol
 from nnunet_scribble.conversion.labels import LabelSpec
+from nnunet_scribble.conversion.output import check_replaceable, clean_leftovers, staged
 from nnunet_scribble.conversion.splits import patient_folds
 from nnunet_scribble.errors import UserFacingError
+
+
+ANOTHER_DATASET = "choose another dataset ID (-d)"
 
 
 class ConversionWarning(UserWarning):
@@ -82,6 +86,25 @@ class Settings:
 class Outcome:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    no_background: bool = False  # the scribble map annotates no background voxel
+
+
+def check_background(scribble: np.ndarray, name: str, out: Outcome) -> None:
+    """Warn about a scribble map without background scribble (class 0): the trainers learn background only there."""
+    if not np.any(scribble == 0):
+        out.no_background = True
+        out.warnings.append(f"{name}: no background scribble (no voxel of class 0 is annotated); the background "
+                            f"must be scribbled too, or training gets no background signal from this case")
+
+
+def background_summary(names: list[str], total: int, what: str) -> list[str]:
+    """One warning counting and naming (the first five of) the ``names`` without background scribble."""
+    if not names:
+        return []
+    names = sorted(names)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"{len(names)} of {total} {what} have no background scribble ({shown}): scribble some background in "
+            f"each (e.g. a loop around the structures), or training learns background only from the others"]
 
 
 def default_num_processes() -> int:
@@ -105,10 +128,10 @@ def resolve_target(dataset_id: int, name: str, nnunet_raw: str | None = None,
     if others:
         raise UserFacingError(f"dataset ID {target.dataset_id} is already used by {target.raw / others[0]}; "
                               f"choose another ID (-d) or remove that folder")
-    if not overwrite:
-        existing = [p for p in (target.folder, target.preprocessed_splits) if p is not None and p.exists()]
-        if existing:
-            raise UserFacingError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    clean_leftovers(target.folder)  # a killed run's; puts the old dataset back if the kill fell inside a swap
+    check_replaceable(target.folder, overwrite, ANOTHER_DATASET)
+    if not overwrite and target.preprocessed_splits is not None and target.preprocessed_splits.exists():
+        raise UserFacingError(f"{target.preprocessed_splits} already exists; pass --overwrite to replace it")
     return target
 
 
@@ -203,6 +226,8 @@ def convert_case(case: Case, settings: Settings, out_dir: Path | None) -> Outcom
             return out
         if not np.any(scribble != spec.ignore):
             out.problems.append(f"{describe(case.scribble or case.dense)}: empty scribble map (no annotated voxel)")
+        else:
+            check_background(scribble, describe(case.scribble or case.dense), out)
     if out.problems or out_dir is None:
         return out
 
@@ -242,25 +267,26 @@ def emit_warnings(messages: list[str]) -> None:
         warnings.warn(message, ConversionWarning, stacklevel=3)
 
 
-def _replace_folder(new: Path, final: Path) -> None:
-    """Rename ``new`` to ``final``, replacing an existing ``final`` only once the new one is complete."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        new.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(final)
+def source_files(cases: list[Case]) -> list[Path]:
+    """The files the cases are read from."""
+    files = set()
+    for case in cases:
+        for source in (*case.images, case.scribble, case.dense):
+            path = source if isinstance(source, (str, os.PathLike)) else getattr(source, "path", None)
+            if path is not None:
+                files.add(Path(path))
+    return sorted(files)
 
 
 def write_dataset(cases: list[Case], target: Target, settings: Settings, *, channel_names: dict | None = None,
                   splits: list[dict] | None = None, split_seed: int = 12345, problems: Sequence[str] = (),
-                  num_processes: int | None = None, description: str = "",
+                  num_processes: int | None = None, inputs: Sequence[Path] = (), description: str = "",
                   license: str = "see the terms of the source dataset", **dataset_json_extra) -> Path:
     """Check and write all ``cases`` into ``target``; returns the dataset folder.
 
     ``problems`` are issues the caller found while collecting files (e.g. an image without scribble);
-    they are reported together with the per-case problems.
+    they are reported together with the per-case problems. ``inputs``: the folders the user gave; the
+    dataset may not overlap them nor any file of a case (see :mod:`.output`).
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -276,11 +302,8 @@ def write_dataset(cases: list[Case], target: Target, settings: Settings, *, chan
                      if c.scribble is None and describe(c.images[0]) not in reported]
     num_processes = default_num_processes() if num_processes is None else num_processes
 
-    target.raw.mkdir(parents=True, exist_ok=True)
-    for stale in target.raw.glob(f".{target.folder_name}.partial-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.raw / f".{target.folder_name}.partial-{os.getpid()}"
-    try:
+    with staged(target.folder, overwrite=target.overwrite, inputs=[*inputs, *source_files(cases)],
+                another=ANOTHER_DATASET) as tmp:
         for sub in ("imagesTr", "labelsTr", "labelsTr_dense", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir(parents=True)
         out_dir = None if problems else tmp  # known problems: only check the rest, to list everything at once
@@ -303,9 +326,6 @@ def write_dataset(cases: list[Case], target: Target, settings: Settings, *, chan
         _check_splits(splits, {c.case_id for c in train})
         if splits:
             (tmp / "splits_final.json").write_text(json.dumps(splits, indent=1))
-        _replace_folder(tmp, target.folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     messages = [w for o in outcomes for w in o.warnings]
     if len(splits) < 5:
@@ -323,6 +343,8 @@ def write_dataset(cases: list[Case], target: Target, settings: Settings, *, chan
             messages.append(f"{target.preprocessed / target.folder_name} holds plans/data of the replaced dataset "
                             f"({', '.join(sorted(stale)[:3])}...): run nnUNetv2_plan_and_preprocess again")
     emit_warnings(messages)
+    emit_warnings(background_summary([c.case_id for c, o in zip(cases, outcomes) if o.no_background], len(train),
+                                     "training cases"))
     return target.folder
 
 

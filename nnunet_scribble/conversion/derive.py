@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_scribble.conversion import volume as vol
-from nnunet_scribble.conversion.dataset import (Case, Outcome, Settings, Target, emit_warnings, format_problems,
-                                                run_parallel, write_dataset)
+from nnunet_scribble.conversion.dataset import (Case, Outcome, Settings, Target, background_summary,
+                                                check_background, emit_warnings, format_problems, run_parallel,
+                                                write_dataset)
 from nnunet_scribble.conversion.labels import LabelSpec
+from nnunet_scribble.conversion.output import staged
 from nnunet_scribble.conversion.splits import patient_of
 from nnunet_scribble.errors import UserFacingError
 
@@ -112,7 +113,7 @@ def derive_dataset(source: Path, target: Target, mode: str, hook, *, patient_pat
         splits = None
     return write_dataset(cases, target, Settings(spec, file_ending=ending, make_scribble=hook),
                          channel_names=dataset_json["channel_names"], splits=splits, split_seed=split_seed,
-                         problems=problems, num_processes=num_processes,
+                         problems=problems, num_processes=num_processes, inputs=[source],
                          description=f"{'simulated' if mode == 'simulate' else 'shrunk'} scribbles derived from "
                                      f"{source.name}: {hook!r}")
 
@@ -146,6 +147,7 @@ def _transform_file(job: _FileJob) -> Outcome:
     if not np.any(result != job.spec.ignore):
         out.problems.append(f"{job.path}: empty scribble map (no annotated voxel)")
         return out
+    check_background(result, str(job.path), out)
     vol.write(vol.Volume(result).with_geometry_of(label), job.out_dir / job.path.name)
     return out
 
@@ -154,26 +156,21 @@ def transform_folder(in_dir: Path, out_dir: Path, num_classes: int, mode: str, h
                      num_processes: int = 1) -> Path:
     """Simulate (from dense files, values 0..K-1) or shrink (scribble files, ignore = K) every label file."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise UserFacingError(f"input folder {in_dir} does not exist")
     files = sorted(p for p in in_dir.iterdir() if vol.file_ending(p) in (".nii.gz", ".nii", ".nrrd", ".mha", ".png"))
     if not files:
         raise UserFacingError(f"no label files in {in_dir}")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserFacingError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     names = ("background",) + tuple(f"class{i}" for i in range(1, num_classes))
     spec = LabelSpec(names, tuple(range(num_classes)), num_classes)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged(out_dir, overwrite=overwrite, inputs=[in_dir, *files],
+                another="choose another -o") as tmp:
         outcomes = run_parallel(_transform_file, [_FileJob(p, tmp, spec, mode, hook) for p in files],
                                 num_processes, out_dir.name)
         problems = [p for o in outcomes for p in o.problems]
         if problems:
             raise UserFacingError(format_problems(problems, str(in_dir)))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit_warnings([w for o in outcomes for w in o.warnings])
+    emit_warnings(background_summary([p.name for p, o in zip(files, outcomes) if o.no_background], len(files),
+                                     "files"))
     return out_dir

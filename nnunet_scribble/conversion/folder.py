@@ -83,6 +83,7 @@ def convert(images_dir: Path, scribbles_dir: Path, target: Target, spec: LabelSp
                                     image_suffix=image_suffix, scribble_suffix=scribble_suffix,
                                     dense_suffix=dense_suffix, patient_pattern=patient_pattern)
     settings = Settings(spec, file_ending=output_ending(cases), repair_geometry=repair_geometry)
+    inputs = [p for p in (images_dir, scribbles_dir, dense_dir, test_images_dir, test_labels_dir) if p is not None]
     return write_dataset(cases, target, settings, channel_names=channel_names, problems=problems,
-                         num_processes=num_processes, split_seed=split_seed,
+                         num_processes=num_processes, split_seed=split_seed, inputs=inputs,
                          description=f"converted from {images_dir} + {scribbles_dir}. {spec.description}".strip())

@@ -48,7 +48,7 @@ def convert(root: Path, target: Target, num_processes: int | None = None, repair
     cases, problems = collect_cases(root)
     return write_dataset(
         cases, target, Settings(PRESETS["acdc"], repair_geometry=repair_geometry), channel_names={0: "LGE"},
-        problems=problems, num_processes=num_processes, split_seed=split_seed,
+        problems=problems, num_processes=num_processes, split_seed=split_seed, inputs=[root],
         description="MS-CMRSeg 2019 LGE MRI with CycleMix scribbles; train = scribbles only, "
                     "val and TestSet = dense ground truth in imagesTs/labelsTs",
         license="research use only, see the MS-CMRSeg challenge terms",

@@ -100,7 +100,7 @@ def convert(h5_dir: Path, target: Target, spacing: tuple[float, ...] | None = No
     cases, problems = collect_cases(h5_dir, tuple(float(s) for s in spacing), set(test_patients))
     return write_dataset(
         cases, target, Settings(PRESETS["acdc"]), channel_names={0: "MRI"}, problems=problems,
-        num_processes=num_processes, split_seed=split_seed,
+        num_processes=num_processes, split_seed=split_seed, inputs=[h5_dir],
         description=f"WSL4MIS h5 volumes (intensities scaled to [0, 1]); spacing {tuple(spacing)} mm (z, y, x) "
                     f"given at conversion, not stored in the source",
         license="research use only, see the ACDC challenge terms",
