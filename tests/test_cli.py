@@ -186,3 +186,14 @@ def test_every_imported_distribution_is_declared():
     assert "torchvision" in core
     # `pip install -e ".[test]"` (the README's command) installs every optional part the tests use
     assert set().union(*(reqs for name, reqs in extras.items() if name != "test")) <= extras["test"]
+
+
+def test_shipped_text_cites_no_file_outside_the_repository():
+    shipped = [ROOT / "README.md", ROOT / "pyproject.toml", *(ROOT / "docs").rglob("*.md"),
+               *(ROOT / "nnunet_scribble").rglob("*.py"), *(ROOT / "dataset_conversion").glob("*.py")]
+    benchmarks = [*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.md")]
+    found = [f"{p.relative_to(ROOT)}: {word}" for p in shipped + benchmarks for word in ("DESIGN.md", "DESIGN:")
+             if word in p.read_text()]
+    # the benchmarks' default data folder is a path outside the clone, so only shipped text is checked here
+    found += [f"{p.relative_to(ROOT)}: ../shared" for p in shipped if "../shared" in p.read_text()]
+    assert not found
