@@ -357,33 +357,101 @@ def budget_table(results: list[dict]) -> list[str]:
 
 
 def plot(results: list[dict], bound: dict | None, path: Path) -> None:
+    """``path``: test Dice per class and HD95 of every run (see :func:`results_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = results_figure(results, bound)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def results_figure(results: list[dict], bound: dict | None):
+    """Grouped bars, one colour per run: Dice per class (0-1) and HD95 on a log axis (a few runs with
+    100+ mm outliers would otherwise flatten the 5-10 mm ones); error bars = std over the test cases
+    where the results carry it (``Dice_std``/``HD95_std``); HD95 per class if known, else the mean over
+    classes (all a results table holds). The legend sits below the panels, clear of the bars."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
     classes = [c["name"] for c in results[0]["per_class"].values()]
-    fig, (ax_d, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / len(results)
-    x = np.arange(len(classes))
-    for i, r in enumerate(results):
-        dice = [c["Dice_mean"] for c in r["per_class"].values()]
-        hd = [c["HD95_mean"] for c in r["per_class"].values()]
-        name = run_label(r, code=False)
-        ax_d.bar(x + i * width, dice, width, label=name)
-        ax_h.bar(x + i * width, hd, width, label=name)
+    entries = [list(r["per_class"].values()) for r in results]
+    per_class_hd = all("HD95_mean" in c for e in entries for c in e)
+    with_std = all("Dice_std" in c for e in entries for c in e)
+    ncol = min(3, len(results) + bool(bound))
+    rows = -(-(len(results) + bool(bound)) // ncol)
+    fig, (ax_d, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5 + 0.2 * rows))
+    _grouped_bars(ax_d, classes, [[c["Dice_mean"] for c in e] for e in entries],
+                  [[c["Dice_std"] for c in e] for e in entries] if with_std else None)
+    if per_class_hd:
+        _grouped_bars(ax_h, classes, [[c["HD95_mean"] for c in e] for e in entries],
+                      [[c["HD95_std"] for c in e] for e in entries] if with_std else None)
+    else:
+        _grouped_bars(ax_h, ["mean over classes"], [[r["mean"]["HD95"]] for r in results], None)
     if bound:
-        ax_d.axhline(bound["mean"]["Dice"], color="k", ls="--", lw=1, label="dense upper bound (mean)")
-        ax_h.axhline(bound["mean"]["HD95"], color="k", ls="--", lw=1, label="dense upper bound (mean)")
-    for ax, title in ((ax_d, "Dice (test, dense GT)"), (ax_h, "HD95 mm (test, dense GT)")):
-        ax.set_xticks(x + 0.4 - width / 2, classes)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    ax_d.set_ylim(0, 1)
-    ax_d.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax_d.axhline(bound["mean"]["Dice"], color="k", ls="--", lw=1)
+        ax_h.axhline(bound["mean"]["HD95"], color="k", ls="--", lw=1)
+    spread = "error bars: std over test cases" if with_std else "no per-case spread recorded"
+    ax_d.set_title(f"Dice (test, dense GT; {spread})", fontsize=10)
+    ax_h.set_title("HD95 mm (test, dense GT; log scale)", fontsize=10)
+    ax_d.set_ylim(0, 1.05)
+    ax_h.set_yscale("log")
+    heights = [b.get_height() for c in ax_h.containers if hasattr(c, "patches") for b in c.patches]
+    # bars start at a round decade; room above the tallest for its value
+    ax_h.set_ylim(10 ** np.floor(np.log10(max(min(heights), 1e-3) * 0.5)), max(heights) * 1.6)
+    ax_h.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    for c in ax_h.containers:
+        if hasattr(c, "patches"):
+            ax_h.bar_label(c, fmt=lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}", fontsize=7, padding=1)
+    for ax in (ax_d, ax_h):
+        ax.grid(axis="y", alpha=0.3, which="both")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(results))]
+    labels = [run_label(r, code=False) for r in results]
+    if bound:
+        handles.append(plt.Line2D([], [], color="k", ls="--", lw=1))
+        labels.append("dense upper bound (mean over classes)")
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, (0.15 + 0.2 * rows) / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def _grouped_bars(ax, groups: list[str], values: list[list[float]], errors: list[list[float]] | None) -> None:
+    """One bar per run (``values[run][group]``) side by side in each group, run i in colour Ci."""
+    width = 0.8 / len(values)
+    x = np.arange(len(groups))
+    for i, vals in enumerate(values):
+        ax.bar(x + i * width, vals, width, color=f"C{i}", yerr=errors[i] if errors else None,
+               error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.25"})
+    ax.set_xticks(x + 0.4 - width / 2, groups)
+
+
+def results_from_table(md: Path) -> dict[str, list[dict]]:
+    """{budget: runs} from the generated tables of a results file: per-class Dice, mean Dice and mean
+    HD95 of each run (what a table holds; no std, no per-class HD95), for redrawing its plots when the
+    per-run JSONs are gone."""
+    budgets, budget, head = {}, None, None
+    for line in md.read_text().split(MARKER, 1)[-1].splitlines():
+        if line.startswith("### Budget "):
+            budget, head = line[len("### Budget "):].strip(), None
+            budgets[budget] = []
+        elif budget and line.startswith("| trainer |"):
+            head = [c.strip() for c in line.strip("|").split("|")]
+        elif budget and head and line.startswith("| `"):
+            cells = dict(zip(head, (c.strip().strip("*") for c in line.strip("|").split("|"))))
+            match = re.fullmatch(r"`(\S+)`(?: \[(.+)\])?", cells["trainer"])
+            classes = [h[len("Dice "):] for h in head if h.startswith("Dice ")]
+            budgets[budget].append({
+                "variant": match[1], "tag": match[2], "labels": cells["labels"],
+                "per_class": {str(i + 1): {"name": c, "Dice_mean": float(cells[f"Dice {c}"])}
+                              for i, c in enumerate(classes)},
+                "mean": {"Dice": float(cells["mean Dice"]), "HD95": float(cells["mean HD95 (mm)"])}})
+        elif head and not line.startswith("|"):
+            head = None
+    return budgets
 
 
 def protocol_arguments(description: str) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CPU_ENV
 
@@ -139,3 +140,53 @@ def test_full_protocol_on_an_own_dataset_trains_validates_predicts_and_tables(ti
     table = (tmp_path / "out" / f"{name}_full_2d_quick.md").read_text()
     assert "CV mean Dice" in table and "`nnUNetTrainerPCE_1epoch`" in table and "--folds 0" in table
     assert (tmp_path / "out" / f"{name}_full_2d_quick_1epoch.png").is_file()
+
+
+def _run_result(trainer, labels, dice, hd, std=True, budget="3000it", tag=None):
+    per_class = {}
+    for i, (name, d, h) in enumerate(zip(("RV", "Myo", "LV"), dice, hd)):
+        per_class[str(i + 1)] = {"name": name, "Dice_mean": d, "HD95_mean": h}
+        if std:
+            per_class[str(i + 1)].update(Dice_std=0.05, HD95_std=h / 2)
+    return {"trainer": trainer, "variant": f"{trainer}_{budget}", "tag": tag, "labels": labels, "budget": budget,
+            "per_class": per_class, "mean": {"Dice": float(np.mean(dice)), "HD95": float(np.mean(hd))},
+            "seconds_per_iteration": 0.5, "peak_rss_mb": 1000.0, "date": "2026-12-02", "machine": "m", "command": "c"}
+
+
+def test_results_plot_keeps_the_bars_readable():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import BarContainer
+
+    runs = [_run_result("nnUNetTrainer", "dense", (0.8, 0.85, 0.9), (6.0, 7.0, 8.0))] + [
+        _run_result(f"nnUNetTrainerX{i}", "scribbles", (0.7, 0.6, 0.9), (20.0, 300.0, 5.0)) for i in range(5)]
+    fig = quick_protocol.results_figure(runs, runs[0])
+    ax_d, ax_h = fig.axes
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in (ax_d, ax_h):
+        assert ax.get_legend() is None
+        # the legend is below the panels, so it covers no bar
+        assert legend.y1 <= ax.get_window_extent(renderer).y0
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert len(bars) == len(runs) and all(b.errorbar is not None for b in bars)   # std as error bars
+    assert ax_h.get_yscale() == "log"      # 5 mm and 300 mm both readable
+    assert len(fig.legends[0].get_texts()) == len(runs) + 1   # runs + dense bound
+    plt.close(fig)
+
+
+def test_plots_are_redrawn_from_a_results_table(tmp_path):
+    replot = pytest.importorskip("replot")
+    runs = [_run_result("nnUNetTrainer", "dense", (0.8, 0.85, 0.9), (6.0, 7.0, 8.0)),
+            _run_result("nnUNetTrainerPCE", "scribbles", (0.7, 0.6, 0.9), (20.0, 300.0, 5.0)),
+            _run_result("nnUNetTrainerPCE", "scribbles", (0.5, 0.4, 0.3), (2.0, 3.0, 4.0), budget="1000it", tag="b")]
+    md = quick_protocol.write_table(runs, tmp_path, "toy_quick", "Toy")
+    (tmp_path / "toy_quick_3000it.png").unlink()
+    parsed = quick_protocol.results_from_table(md)
+    assert sorted(parsed) == ["1000it", "3000it"]
+    pce = parsed["3000it"][1]
+    assert (pce["variant"], pce["tag"], pce["labels"]) == ("nnUNetTrainerPCE_3000it", None, "scribbles")
+    assert [c["Dice_mean"] for c in pce["per_class"].values()] == [0.7, 0.6, 0.9]
+    assert pce["mean"]["HD95"] == pytest.approx(108.3, abs=0.05) and parsed["1000it"][0]["tag"] == "b"
+    assert sorted(p.name for p in replot.replot(md)) == ["toy_quick_1000it.png", "toy_quick_3000it.png"]
+    assert (tmp_path / "toy_quick_3000it.png").stat().st_size > 0
