@@ -158,7 +158,10 @@ def _target_args(p, default_name, required_id=True, repair_geometry=False, datas
                    help=f"dataset name (default {default_name})" if default_name else "dataset name")
     g.add_argument("--nnunet-raw", help="nnU-Net raw folder (default: $nnUNet_raw)")
     g.add_argument("--nnunet-preprocessed", help="where splits_final.json also goes (default: $nnUNet_preprocessed)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (dataset or -o folder) that nnunet-scribble wrote (it holds a "
+                        ".nnunet-scribble-output file), once the new one is complete; other folders and outputs "
+                        "overlapping an input are refused")
     g.add_argument("-np", "--num-processes", type=int, default=None,
                    help="parallel workers (default: the CPU count, at most $nnUNet_def_n_proc or 8)")
     g.add_argument("--split-seed", type=int, default=12345, help="seed of the patient-grouped 5-fold split")
