@@ -166,3 +166,23 @@ def test_input_files_symlinked_from_the_output_are_protected(tmp_path, nnunet_di
     assert "overlaps the input" in capsys.readouterr().err
     assert snapshot(dataset) == before
     assert all(p.exists() for p in links.iterdir())
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced_without_overwrite(tmp_path, dense_dir, capsys,
+                                                                                  monkeypatch):
+    """Another run finished the same output meanwhile: without --overwrite it stays."""
+    from nnunet_scribble.conversion import derive
+
+    out, real = tmp_path / "scribbles", derive.run_parallel
+
+    def other_run_finishes_first(*args, **kwargs):
+        out.mkdir()
+        (out / MARKER).write_text("")
+        (out / "other.nii.gz").write_text("the other run's result")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(derive, "run_parallel", other_run_finishes_first)
+    assert simulate_folder(dense_dir, out) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "other.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scribbles", "src"]

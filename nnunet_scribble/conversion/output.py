@@ -77,16 +77,16 @@ def staged(final: Path, *, overwrite: bool, inputs: Iterable[Path] = (), another
                               f"nnunet-scribble --overwrite replaces only folders holding this file\n")
     try:
         yield new
-        _swap(new, final, another)
+        _swap(new, final, overwrite, another)
     finally:
         shutil.rmtree(new, ignore_errors=True)
 
 
-def _swap(new: Path, final: Path, another: str) -> None:
+def _swap(new: Path, final: Path, overwrite: bool, another: str) -> None:
+    check_replaceable(final, overwrite, another)  # again: it may have appeared or changed meanwhile
     if not final.exists():
         new.rename(final)
         return
-    check_replaceable(final, True, another)  # again: it may have changed while the new folder was written
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     final.rename(old)
     try:
