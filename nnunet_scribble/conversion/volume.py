@@ -61,9 +61,11 @@ def read(path: str | Path) -> Volume:
         with Image.open(path) as image:  # palette PNGs give their indices, as label maps need
             array = np.asarray(image)
         return Volume(array, source=path, rgb=array.ndim == 3)
+    from nnunet_scribble.image_io import read_image
+
+    image = read_image(path)  # truncated/corrupt files and NaN voxels (read as 0 by SimpleITK) are errors
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(path)
     return Volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
                   source=path)
 
