@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -36,9 +37,9 @@ def check_apart(output: Path, inputs: Iterable[Path]) -> None:
             relation = "is" if out == path else "contains" if out in path.parents else "lies inside"
             via = f" (a link to {resolved})" if Path(given).absolute() != resolved else ""
             out_via = f" (a link to {out})" if Path(output).absolute() != out else ""
-            raise UserFacingError(f"the output {output}{out_via} overlaps the input {given}{via}: it {relation} {path}. "
-                                  f"Writing there could delete or mix up the input; choose an output outside "
-                                  f"every input")
+            raise UserFacingError(f"the output {output}{out_via} overlaps the input {given}{via}: it {relation} "
+                                  f"{path}. Writing there could delete or mix up the input; choose an output "
+                                  f"outside every input")
 
 
 def check_replaceable(folder: Path, overwrite: bool, another: str) -> None:
@@ -107,7 +108,7 @@ def _remove_ours(folder: Path) -> None:
 
 def clean_leftovers(final: Path) -> None:
     """Remove what killed runs left beside ``final``; restore the old folder if a kill fell inside a swap."""
-    for path in sorted(final.parent.glob(f".{final.name}.*-*")):
+    for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.*-*")):
         m = _LEFTOVER.fullmatch(path.name)
         if not m or m["name"] != final.name or _running(int(m["pid"])) or path.is_symlink() or not path.is_dir():
             continue
