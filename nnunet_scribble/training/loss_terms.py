@@ -32,23 +32,36 @@ def logged_terms(meta_logger) -> dict[str, list[float]]:
     return {k[len(TERM_PREFIX):]: v for k, v in store.items() if k.startswith(TERM_PREFIX)}
 
 
-def plot_loss_terms(meta_logger, output_folder: str) -> str | None:
-    """Write ``progress_loss_terms.png``: total training loss and every term per epoch."""
+def loss_terms_figure(meta_logger):
+    """Total training loss and every term per epoch. The total is drawn wide and translucent beneath
+    the terms, so a term that equals it stays visible; a trainer with a single term (PCE: the total
+    itself) gets one curve labelled as both."""
     terms = logged_terms(meta_logger)
-    if not terms:
-        return None
-    total = meta_logger.get_value("train_losses", step=None)
+    total = np.asarray(meta_logger.get_value("train_losses", step=None), dtype=float)
     fig, ax = plt.subplots(figsize=(10, 6))
-    epochs = np.arange(len(total))
-    ax.plot(epochs, total, color="k", lw=2, label="total (train)")
-    for name, values in terms.items():
-        ax.plot(np.arange(len(values)), values, lw=1.5, label=name)
+    only = next(iter(terms.items())) if len(terms) == 1 else None
+    if only and len(only[1]) == len(total) and np.allclose(only[1], total, equal_nan=True):
+        ax.plot(np.arange(len(total)), total, color="k", lw=2, label=f"total (train) = {only[0]} (only term)")
+    else:
+        ax.plot(np.arange(len(total)), total, color="k", lw=5, alpha=0.3, zorder=1, label="total (train)")
+        for name, values in terms.items():
+            ax.plot(np.arange(len(values)), values, lw=1.5, zorder=2, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("weighted loss term")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss_terms(meta_logger, output_folder: str) -> str | None:
+    """Write ``progress_loss_terms.png`` (:func:`loss_terms_figure`); None if no term is logged."""
+    if not logged_terms(meta_logger):
+        return None
+    fig = loss_terms_figure(meta_logger)
     path = os.path.join(output_folder, "progress_loss_terms.png")
-    fig.savefig(path)
+    tmp = os.path.join(output_folder, f".progress_loss_terms.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
