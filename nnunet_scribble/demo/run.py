@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def nnunet_env(output: Path) -> dict:
         "nnUNet_compile": env.get("nnUNet_compile", "f"),
         "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1"),
         "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "1"),
+        "PYTHONUNBUFFERED": "1",     # nnU-Net's lines reach the demo as they are printed, not in blocks
     })
     return env
 
@@ -100,25 +102,74 @@ def nnunet_command(name: str) -> str:
     return found
 
 
-def run_step(name: str, cmd: list[str], env: dict, log_dir: Path, verbose: bool) -> float:
-    """Run one nnU-Net command, its output in ``log_dir/<name>.log``; returns the seconds it took."""
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ?")
+
+
+class EpochProgress:
+    """Condenses nnU-Net's training output into one line per epoch.
+
+    ``feed(line)`` takes the lines ``nnUNetv2_train`` prints (timestamp first) and returns the summary
+    once an epoch's "Epoch time" line arrives, e.g. ``epoch 3: loss -0.612 (partial -0.612), val loss
+    -0.550, pseudo Dice 0.81 0.73 0.90, 12.3 s``; SAM-SP's stage messages (which run before epoch 0)
+    are returned as they come. Everything else gives None.
+    """
+
+    def __init__(self):
+        self.epoch: str | None = None
+        self.fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> str | None:
+        text = _TIMESTAMP.sub("", line.strip())
+        if match := re.fullmatch(r"Epoch (\d+)", text):
+            self.epoch, self.fields = match[1], {}
+        elif text.startswith(("[sam]", "SAM-SP")):
+            return text
+        elif self.epoch is None:
+            return None
+        elif text.startswith("loss terms "):
+            self.fields["terms"] = text[len("loss terms "):]
+        elif match := re.fullmatch(r"(train_loss|val_loss) (\S+)", text):
+            self.fields[match[1]] = match[2]
+        elif text.startswith("Pseudo dice"):
+            values = re.findall(r"nan|-?\d+\.\d*(?:e-?\d+)?", re.sub(r"np\.float\d+", "", text))
+            self.fields["dice"] = " ".join(v if v == "nan" else f"{float(v):.2f}" for v in values)
+        elif match := re.fullmatch(r"Epoch time: (\S+) s", text):
+            f = self.fields
+            parts = [f"loss {f.get('train_loss', '?')}" + (f" ({f['terms']})" if "terms" in f else "")]
+            if "val_loss" in f:
+                parts.append(f"val loss {f['val_loss']}")
+            if "dice" in f:
+                parts.append(f"pseudo Dice {f['dice']}")
+            parts.append(f"{float(match[1]):.1f} s")
+            return f"epoch {self.epoch}: " + ", ".join(parts)
+        return None
+
+
+def run_step(name: str, cmd: list[str], env: dict, log_dir: Path, verbose: bool, echo=print) -> float:
+    """Run one nnU-Net command, its output in ``log_dir/<name>.log``; returns the seconds it took.
+
+    Unless ``verbose`` (all output shown), ``echo`` gets one line per training epoch as it ends."""
     cmd = [nnunet_command(cmd[0])] + cmd[1:]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    print(f"[demo] {name}: {Path(cmd[0]).name} {' '.join(cmd[1:])}", flush=True)
+    echo(f"[demo] {name}: {Path(cmd[0]).name} {' '.join(cmd[1:])}  (full output: {log})", flush=True)
+    progress = EpochProgress()
     start = time.time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             f.write(line)
+            f.flush()
             if verbose:
                 sys.stdout.write(line)
+            elif (summary := progress.feed(line)) is not None:
+                echo(f"[demo]   {summary}", flush=True)
         proc.wait()
     seconds = time.time() - start
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         raise UserFacingError(f"step '{name}' failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-    print(f"[demo] {name} done in {seconds:.0f} s (log: {log})", flush=True)
+    echo(f"[demo] {name} done in {seconds:.0f} s (log: {log})", flush=True)
     return seconds
 
 
