@@ -31,6 +31,32 @@ def test_dataset_without_ignore_label_is_refused(nnunet_paths):
         make_trainer(root, name, dataset_json=dj)
 
 
+def regions_dataset_json(root, name):
+    dj = copy.deepcopy(load_json(str(root / "nnUNet_preprocessed" / name / "dataset.json")))
+    dj["labels"] = {"background": 0, "any": [1, 2, 3], "inner": [2, 3], "core": 3, "ignore": IGNORE}
+    dj["regions_class_order"] = [1, 2, 3]
+    return dj
+
+
+@pytest.mark.parametrize("module, trainer", [("maco", "nnUNetTrainerMaCo"), ("dmpls", "nnUNetTrainerDMPLS"),
+                                             ("attenscribble", "nnUNetTrainerAttenScribble"),
+                                             ("samsp", "nnUNetTrainerSAMSP")])
+def test_trainers_that_need_label_maps_refuse_region_datasets(nnunet_paths, module, trainer):
+    import importlib
+
+    root, name = nnunet_paths
+    cls = getattr(importlib.import_module(f"nnunet_scribble.training.{module}"), trainer)
+    assert cls.needs_label_maps
+    with pytest.raises(UserFacingError, match=rf"{trainer} needs label maps.*dataset\.json defines regions.*nnUNetTrainerPCE"):
+        make_trainer(root, name, cls=cls, dataset_json=regions_dataset_json(root, name))
+
+
+def test_pce_trains_region_datasets(nnunet_paths):
+    root, name = nnunet_paths
+    trainer = make_trainer(root, name, dataset_json=regions_dataset_json(root, name))
+    assert trainer.label_manager.has_regions and not nnUNetTrainerPCE.needs_label_maps
+
+
 def test_budget_variant_sets_epochs(nnunet_paths):
     trainer = make_trainer(*nnunet_paths)
     assert trainer.num_epochs == 2

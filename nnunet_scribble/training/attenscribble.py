@@ -66,7 +66,6 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
                                                           samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
@@ -78,6 +77,8 @@ from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
     """``L = L_part + crf_weight * L_mcrf + attention_weight * L_atn`` with a self-attention U-Net."""
+
+    needs_label_maps = True   # CRF and attentive similarity compare softmax class probabilities
 
     # loss weights
     crf_weight: float = 0.1
@@ -102,9 +103,6 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise UserFacingError(f"{type(self).__name__} needs plain labels (softmax), but the dataset.json of "
-                                  f"{self.plans_manager.dataset_name} defines regions.")
         # fail early (before data loading) if the configuration has no stage where attention fits
         self.attention_stage_used = self.attention_stage_for(self.configuration_manager, self.configuration_name)
 

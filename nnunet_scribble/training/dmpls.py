@@ -53,7 +53,6 @@ from __future__ import annotations
 import torch
 from torch._dynamo import OptimizedModule
 
-from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
 from nnunet_scribble.networks.dual_decoder import (DualDecoderUNet, build_dual_decoder_network_from_plans,
                                                    full_resolution)
@@ -63,6 +62,8 @@ from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
     """DMPLS: ``L = w_part [L_part(y1) + L_part(y2)] + w_pl * 0.5 [Dice(y1, PL) + Dice(y2, PL)]``."""
+
+    needs_label_maps = True   # mixes softmax class probabilities
 
     # loss weights (paper: 0.5 and 0.5)
     partial_weight: float = 0.5
@@ -79,9 +80,6 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise UserFacingError(f"{type(self).__name__} mixes softmax class probabilities and needs a label-based "
-                                  "dataset; region-based training (\"regions_class_order\") is not supported.")
         self.mixing_generator: torch.Generator | None = None
 
     # ---- network ----------------------------------------------------------------------------

@@ -55,6 +55,8 @@ def _split_batch(output, b: int):
 class nnUNetTrainerMaCo(nnUNetTrainerScribble):
     """MaCo (masked context modeling + continuous pseudo labels); see the module docstring."""
 
+    needs_label_maps = True   # consistency terms and CPL act on softmax class probabilities
+
     weight_masked = 0.5   # L_part(y_m)
     weight_cc = 0.1       # context consistency
     weight_ep = 0.1       # enhanced prediction (GC region)

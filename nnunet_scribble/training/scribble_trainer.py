@@ -1,7 +1,8 @@
 """Shared base of the scribble trainers: everything nnU-Net needs to train from scribbles.
 
 What it adds to ``nnUNetTrainer`` (methods only implement ``compute_loss_terms``):
-- refuses datasets without an ``ignore`` label (scribbles need one);
+- refuses datasets without an ``ignore`` label (scribbles need one), and region-based datasets for the
+  methods that need label maps (``needs_label_maps``);
 - patch padding outside the image becomes ``ignore`` instead of background (stock nnU-Net turns the
   -1 padding into label 0, i.e. it would teach "background" where no annotation exists);
 - extra segmentation channels: if ``self.extra_seg_folder`` is set (before ``on_train_start``), each
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
@@ -31,6 +33,8 @@ from torch import distributed as dist
 
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.training.budget_variants import TrainingBudget
+from nnunet_scribble.training.case_labels import labeled_cases
+from nnunet_scribble.training.labeled_sampling import labeled_count, loader_class_substituted
 from nnunet_scribble.training.loss_terms import TERM_PREFIX, log_term, logged_terms, plot_loss_terms
 
 
@@ -53,6 +57,12 @@ def dense_labels_folder(dataset_name: str) -> str | None:
 class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
     """Base of all scribble trainers; trains with ``L_part`` (nnU-Net's ignore-aware Dice+CE)."""
 
+    # True for methods whose loss needs softmax class probabilities (label maps): they refuse
+    # region-based datasets ("regions_class_order" in dataset.json)
+    needs_label_maps: bool = False
+    # share of each batch drawn from labeled cases when a fold also has unlabeled ones (mixed datasets)
+    labeled_batch_share: float = 0.5
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -65,6 +75,14 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
                 "\"labels\" in the raw dataset.json, give every unannotated voxel of labelsTr that value "
                 "(`nnunet-scribble convert` does both), and rerun nnUNetv2_plan_and_preprocess. "
                 "For dense labels use the stock nnUNetTrainer.")
+        if self.needs_label_maps and self.label_manager.has_regions:
+            where = (os.path.join(self.preprocessed_dataset_folder_base, "dataset.json")
+                     if self.preprocessed_dataset_folder_base else "dataset.json")
+            raise UserFacingError(
+                f"{type(self).__name__} needs label maps (its loss uses softmax class probabilities), but {where} "
+                "defines regions (\"regions_class_order\"). Train this dataset with nnUNetTrainerPCE, or give it "
+                "plain labels (one integer per class, no regions_class_order) and rerun "
+                "nnUNetv2_plan_and_preprocess.")
         self.extra_seg_folder: str | None = None
 
     # ---- data -------------------------------------------------------------------------------
@@ -85,6 +103,28 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
         dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                          folder_with_segs_from_previous_stage=None)
         return dataset_tr, dataset_val
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders; on a fold with unlabeled training cases (``ignore`` everywhere) each batch draws
+        ``labeled_batch_share`` of its cases from the labeled ones (``training.labeled_sampling``)."""
+        tr_keys, _ = self.do_split()
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        labeled = labeled_cases(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), tr_keys,
+                                tuple([-1] + self.label_manager.all_labels))
+        if len(labeled) == len(tr_keys):
+            return super().get_dataloaders()
+        if not labeled:
+            raise UserFacingError(
+                f"Fold {self.fold} of {self.plans_manager.dataset_name} has no labeled training case: all "
+                f"{len(tr_keys)} are 'ignore' everywhere. Give some cases labels (dense or scribbles; "
+                "`nnunet-scribble derive-mixed` chooses them), or change splits_final.json in "
+                f"{self.preprocessed_dataset_folder_base} so that every fold's training part holds labeled cases.")
+        n = labeled_count(self.batch_size, self.labeled_batch_share)
+        self.print_to_log_file(f"Mixed dataset: {len(labeled)} of {len(tr_keys)} training cases are labeled; "
+                               f"{n} of the {self.batch_size} cases of each batch are drawn from them.")
+        with loader_class_substituted(labeled, self.labeled_batch_share):
+            return super().get_dataloaders()
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss_terms(self, data: torch.Tensor, scribbles, extras) -> dict[str, torch.Tensor]:
@@ -164,3 +204,29 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
             return None
         self.print_to_log_file("Validation against dense labels (labelsTr_dense):\n" + markdown_table(summary))
         return summary
+
+    # ---- trainer-owned modules beside the network ----------------------------------------------
+    def extra_checkpoint_state(self) -> dict:
+        """State of modules the trainer owns besides ``self.network`` (a training-only head, a teacher),
+        saved under its own checkpoint keys: ``network_weights`` stays what stock ``nnUNetv2_predict`` loads."""
+        return {}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Restore what :meth:`extra_checkpoint_state` saved; ``checkpoint`` is the whole loaded dict."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        extra = self.extra_checkpoint_state()
+        if not extra or self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint.update(extra)
+        tmp = f"{filename}.tmp{os.getpid()}"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = (torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+                      if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint)
+        self.load_extra_checkpoint_state(checkpoint)
