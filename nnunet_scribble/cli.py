@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "nnunet_scribble.demo.command",
     "nnunet_scribble.conversion.command",
     "nnunet_scribble.sam.command",
+    "nnunet_scribble.visualization.command",
 )
 
 

@@ -1,0 +1,1 @@
+"""Pictures of datasets and results (``nnunet-scribble overlay``)."""
