@@ -35,6 +35,7 @@ import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, scale_slices
+from nnunet_scribble.sam.cost import finetune_note, fold_estimate
 from nnunet_scribble.sam.data import PreprocessedDataset, atomic_write_json, file_lock
 from nnunet_scribble.sam.decoder import FinetuneConfig, SliceSample, finetune_decoder, predict_probs
 from nnunet_scribble.sam.merge import apply_scribbles, merge_class_masks, priority_by_area
@@ -154,6 +155,9 @@ def _run_locked(ds: PreprocessedDataset, sam, fold, train, val, config: StageBCo
 
     # ---- stage A -------------------------------------------------------------------------------
     cache = EmbeddingCache(ds, sam, config.channel, config.percentiles)
+    if not str(sam.device).startswith("cuda") and (estimate := fold_estimate(
+            ds, sam, cache, train, config.rounds, config.finetune.epochs, folder)):
+        log(estimate)
     stats_a = cache.ensure(train, progress=progress, log=log)
 
     # ---- slices, scribbles, prompts ---------------------------------------------------------------
@@ -298,7 +302,8 @@ def _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config,
             volumes[s.case] = ds.read_label_map(prev_dir, s.case)
         targets[(s.case, s.index)] = volumes[s.case][s.index]
     log(f"[sam] fine-tuning the mask decoder on round {r - 1} pseudo-labels: {len(samples)} slices x "
-        f"{config.finetune.epochs} epochs (AdamW lr {config.finetune.lr:g}, wd {config.finetune.weight_decay:g})")
+        f"{config.finetune.epochs} epochs (AdamW lr {config.finetune.lr:g}, wd {config.finetune.weight_decay:g})"
+        + ("" if str(sam.device).startswith("cuda") else f"; {finetune_note(len(samples), config.finetune.epochs)}"))
     state_file = os.path.join(folder, f"finetune_round_{r}.state.pth")
     stats = finetune_decoder(decoder, sam, embeddings, samples, targets, ds.num_classes, config.finetune,
                              state_file=state_file, progress=progress, log=log)
