@@ -41,7 +41,8 @@ Common to all:
   memory of the training process tree's largest process.
 
 Everything lives under --work; finished steps are skipped when run again (resumable). Results: one
-JSON per run in WORK/results/, and the protocol's Markdown table + plot written to --out. ``--tag NAME``
+JSON per run in WORK/results/, and the protocol's Markdown table + plot written to --out
+(``benchmarks/replot.py`` redraws the plots from the table alone). ``--tag NAME``
 runs the trainers again as a separate, labelled row (own nnU-Net results folder
 ``WORK/nnUNet_results_NAME`` and predictions), e.g. SAM-SP with other ``NNUNET_SCRIBBLE_SAM_*``
 settings beside the first run.
