@@ -65,10 +65,10 @@ def analyse_folder(pred_dir: Path, gt_dir: Path, classes: dict[int, str], ignore
     counts = np.zeros((n, n), np.int64)
     per_case = []
     for case, ref_path in refs.items():
-        reference, ref_spacing = read_label_map(ref_path)
-        prediction, pred_spacing = read_label_map(preds[case])
-        problems = pair_problems(preds[case], prediction, pred_spacing, ref_path, reference, ref_spacing, list(classes),
-                                 ignore_value)
+        reference, ref_geometry = read_label_map(ref_path)
+        prediction, pred_geometry = read_label_map(preds[case])
+        problems = pair_problems(preds[case], prediction, pred_geometry, ref_path, reference, ref_geometry,
+                                 list(classes), ignore_value)
         if problems:
             raise UserFacingError("cannot analyse:\n  " + "\n  ".join(problems))
         counts += confusion_counts(prediction, reference, n)

@@ -22,12 +22,19 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from nnunet_scribble.evaluation.evaluate_folder import evaluate_folders, markdown_table
+    from pathlib import Path
 
-    summary = evaluate_folders(args.pred, args.gt, classes=args.labels, output_json=args.output,
+    from nnunet_scribble.evaluation.evaluate_folder import (check_writable, evaluate_folders, markdown_table,
+                                                            save_summary)
+
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_writable(output)  # before the work
+    summary = evaluate_folders(args.pred, args.gt, classes=args.labels,
                                allow_missing_predictions=args.allow_missing_predictions,
                                num_processes=args.num_processes)
-    print(markdown_table(summary))
-    if args.output:
-        print(f"\nper-case results: {args.output}")
+    print(markdown_table(summary), flush=True)  # before writing, so a failing write loses nothing
+    if output is not None:
+        save_summary(summary, output, table_printed=True)
+        print(f"\nper-case results: {output}")
     return 0
