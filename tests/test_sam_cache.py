@@ -127,3 +127,35 @@ def test_label_maps_round_trip_along_any_slice_axis(tiny_copy):
         np.testing.assert_array_equal(ds.read_label_map(str(out), case), slices)
         np.testing.assert_array_equal(np.moveaxis(stored, axis, 0), slices)
     assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_a_job_waiting_for_the_cache_lock_says_who_holds_it(tiny_copy):
+    """Waiting for another process's SAM lock used to print nothing for minutes."""
+    import socket
+    import threading
+    import time
+
+    from nnunet_scribble.files import locked
+
+    root, name = tiny_copy
+    ds, cache = _cache(name, write_tiny_sam(str(root / "tiny.pth")))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with locked(os.path.join(cache.folder, ".lock"), "test", log=lambda m: None):
+            entered.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(30)
+    messages = []
+    threading.Timer(3.0, release.set).start()
+    start = time.time()
+    stats = cache.ensure(ds.identifiers, progress=False, log=messages.append)
+    holder.join()
+    assert time.time() - start >= 2.5 and stats["cases_encoded"] == 8
+    waits = [m for m in messages if "waiting for the lock" in m]
+    assert len(waits) == 1, messages
+    assert waits[0].startswith("[sam] waiting for the lock on the SAM embedding cache")
+    assert f"held by pid {os.getpid()} on host {socket.gethostname()} since" in waits[0]

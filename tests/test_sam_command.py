@@ -119,3 +119,30 @@ def test_cli_errors(tiny_copy, capsys, monkeypatch):
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "has no 'ignore' label" in err and "dataset.json" in err
+
+
+def test_fold_outside_the_split_file_is_refused_unless_asked(tiny_copy, capsys):
+    """`-f 7` on a 5-fold split used to run nnU-Net's random 80:20 fallback split silently."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from conftest import make_trainer
+    from nnunet_scribble.sam.data import PreprocessedDataset
+
+    root, name = tiny_copy
+    ckpt = write_tiny_sam(str(root / "tiny_vit_b.pth"))
+    base = ["sam-pseudolabels", "-d", name, "--backend", "vit_b", "--checkpoint", ckpt, "--device", "cpu",
+            "--rounds", "0", "--overlays", "0"]
+    for fold in ("7", "5", "-1"):
+        assert main(base + ["-f", fold]) == 2
+        err = capsys.readouterr().err
+        assert f"fold {fold} is not in" in err and "splits_final.json" in err, err
+        assert "0, 1, 2, 3, 4" in err and "--random-split" in err, err
+    assert not (root / "nnUNet_preprocessed" / name / "sam_pseudolabels").exists()      # nothing was done
+
+    # asked for: exactly the split nnU-Net's trainer uses for such a fold
+    ds = PreprocessedDataset(name, "2d")
+    trainer = make_trainer(root, name, nnUNetTrainer, fold=7)
+    tr, val = trainer.do_split()
+    assert ds.fold_split(7, random_split=True) == (sorted(tr), sorted(val))
+    tr, val = make_trainer(root, name, nnUNetTrainer, fold=2).do_split()
+    assert ds.fold_split(2) == (sorted(tr), sorted(val))

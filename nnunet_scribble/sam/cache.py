@@ -24,7 +24,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from nnunet_scribble.sam.data import PreprocessedDataset, atomic_write_json, file_lock
+from nnunet_scribble.files import atomic_write_json, locked
+from nnunet_scribble.sam.data import PreprocessedDataset
 
 CACHE_FORMAT = 1
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -40,6 +41,10 @@ def scale_slices(image: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np.ndarr
     return out
 
 
+def cache_folder_of(dataset: PreprocessedDataset, backend) -> str:
+    return os.path.join(dataset.base, "sam_embeddings", dataset.data_identifier, backend.key)
+
+
 class EmbeddingCache:
     def __init__(self, dataset: PreprocessedDataset, backend, channel: int = 0,
                  percentiles=DEFAULT_PERCENTILES, batch_size: Optional[int] = None):
@@ -50,7 +55,7 @@ class EmbeddingCache:
         self.batch_size = batch_size or (4 if str(getattr(backend, "device", "cpu")).startswith("cuda") else 1)
         self.params = {"format": CACHE_FORMAT, "slice_axis": dataset.slice_axis, "channel": int(channel),
                        "percentiles": [float(p) for p in percentiles]}
-        self.folder = os.path.join(dataset.base, "sam_embeddings", dataset.data_identifier, backend.key)
+        self.folder = cache_folder_of(dataset, backend)
         self.manifest_file = os.path.join(self.folder, "manifest.json")
         self._fingerprints: dict[str, str] = {}
 
@@ -101,7 +106,8 @@ class EmbeddingCache:
         manifest = self.read_manifest()       # fast path without the lock (the manifest is replaced atomically)
         if all(self.is_cached(c, manifest) for c in cases):
             return {"cases_cached": len(cases), "cases_encoded": 0, "slices_encoded": 0, "encode_seconds": 0.0}
-        with file_lock(os.path.join(self.folder, ".lock")):
+        with locked(os.path.join(self.folder, ".lock"), f"the SAM embedding cache {self.folder}",
+                    log=lambda m: log(f"[sam] {m}")):
             raw = self._raw_manifest()
             if raw is not None and not self._is_current(raw):
                 log(f"[sam] embedding cache {self.folder}: made with other parameters, re-encoding everything")

@@ -17,7 +17,10 @@ def register(subparsers) -> None:
                     f"${ENV_EPOCHS}, as for nnUNetTrainerSAMSP (the options win).")
     p.add_argument("-d", "--dataset", required=True, help="dataset ID or name (needs an 'ignore' label)")
     p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
-    p.add_argument("-f", "--fold", required=True, help="fold number or 'all'")
+    p.add_argument("-f", "--fold", required=True, help="fold number (one of splits_final.json) or 'all'")
+    p.add_argument("--random-split", action="store_true",
+                   help="allow a fold beyond splits_final.json: nnU-Net's seeded random 80:20 split (what "
+                        "nnUNetv2_train uses for such a fold)")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help=f"SAM backend (default ${ENV_BACKEND} or {DEFAULT_BACKEND}: LiteMedSAM bundled by "
@@ -61,7 +64,8 @@ def _run(args) -> int:
         merge_priority=tuple(args.merge_priority) if args.merge_priority else None,
         channel=args.channel, overlay_slices=args.overlays)
     result = run_pseudolabels(args.dataset, args.configuration, args.fold, backend=args.backend,
-                              checkpoint=args.checkpoint, plans=args.plans, config=config, device=args.device)
+                              checkpoint=args.checkpoint, plans=args.plans, config=config, device=args.device,
+                              random_split=args.random_split)
     print(f"pseudo-labels: {result.folder}")
     rows = [(r, d) for r, d in sorted(result.dice.items()) if d]
     if rows:

@@ -18,25 +18,8 @@ from typing import Optional
 import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False))
-
-
-def file_lock(path: str, timeout: float = -1):
-    """An inter-process lock (``filelock``: flock on POSIX, released if the holder dies)."""
-    from filelock import FileLock
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return FileLock(path, timeout=timeout)
+from nnunet_scribble.files import atomic_write_json, locked
+from nnunet_scribble.image_io import check_file
 
 
 @dataclass
@@ -159,8 +142,11 @@ class PreprocessedDataset:
         return np.moveaxis(slices, 0, self.slice_axis)
 
     # ---- folds ------------------------------------------------------------------------------
-    def fold_split(self, fold: str | int) -> tuple[list[str], list[str]]:
-        """(training cases, validation cases) of a fold, exactly as nnU-Net's trainer splits them."""
+    def fold_split(self, fold: str | int, random_split: bool = False, log=print) -> tuple[list[str], list[str]]:
+        """(training cases, validation cases) of a fold, exactly as nnU-Net's trainer splits them.
+
+        A fold outside ``splits_final.json`` is refused unless ``random_split``: then, as nnU-Net's trainer
+        does, it gets a seeded random 80:20 split."""
         from nnunetv2.utilities.crossval_split import generate_crossval_split
 
         keys = self.identifiers
@@ -171,13 +157,18 @@ class PreprocessedDataset:
         except ValueError:
             raise UserFacingError(f"Fold must be a number or 'all', got {fold!r}.") from None
         splits_file = os.path.join(self.base, "splits_final.json")
-        with file_lock(os.path.join(self.base, ".splits_final.json.lock")):
+        with locked(os.path.join(self.base, ".splits_final.json.lock"), splits_file, log=log):
             if os.path.isfile(splits_file):
                 with open(splits_file) as f:
                     splits = json.load(f)
             else:   # what nnU-Net's trainer does (and writes) when the file is missing
                 splits = generate_crossval_split(keys, seed=12345, n_splits=5)
                 atomic_write_json(splits_file, splits)
+        if not random_split and not 0 <= fold < len(splits):
+            raise UserFacingError(
+                f"fold {fold} is not in {splits_file}, which defines folds {', '.join(map(str, range(len(splits))))}. "
+                f"Choose one of those (or 'all'), add the fold to the split file, or pass --random-split to use "
+                f"nnU-Net's seeded random 80:20 split for fold {fold} (what nnUNetv2_train does for such a fold).")
         if fold < len(splits):
             tr, val = list(splits[fold]["train"]), list(splits[fold]["val"])
         else:   # nnU-Net's seeded random 80:20 split for folds beyond the split file
@@ -209,6 +200,7 @@ class PreprocessedDataset:
         if path is None:
             return None
         pm, cm = self.plans_manager, self.configuration_manager
+        check_file(path)  # SimpleITK zero-fills truncated NIfTI files without an error
         seg, _ = pm.image_reader_writer_class().read_seg(path)
         seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
         seg = seg[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))]

@@ -34,9 +34,10 @@ from typing import Optional
 import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, scale_slices
+from nnunet_scribble.files import atomic_write_json, locked, require_writable
+from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, cache_folder_of, scale_slices
 from nnunet_scribble.sam.cost import finetune_note, fold_estimate
-from nnunet_scribble.sam.data import PreprocessedDataset, atomic_write_json, file_lock
+from nnunet_scribble.sam.data import PreprocessedDataset
 from nnunet_scribble.sam.decoder import FinetuneConfig, SliceSample, finetune_decoder, predict_probs
 from nnunet_scribble.sam.merge import apply_scribbles, merge_class_masks, priority_by_area
 from nnunet_scribble.sam.prompts import PromptRules, slice_prompts
@@ -120,6 +121,9 @@ class _Logger:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
 
 
+_READ_ONLY_FIX = "Or point nnUNet_preprocessed at a writable copy of the preprocessed dataset."
+
+
 def fold_folder_of(dataset: PreprocessedDataset, backend, fold) -> str:
     return os.path.join(dataset.base, "sam_pseudolabels", dataset.data_identifier, backend.key, f"fold_{fold}")
 
@@ -127,19 +131,28 @@ def fold_folder_of(dataset: PreprocessedDataset, backend, fold) -> str:
 def run_pseudolabels(dataset: str | int, configuration: str, fold, backend: Optional[str] = None,
                      checkpoint: Optional[str] = None, plans: str = "nnUNetPlans",
                      config: StageBConfig = StageBConfig(), device=None, progress: bool = True,
-                     echo=print) -> StageBResult:
-    """Run (or resume) stages A and B for one fold; returns where the final pseudo-labels are."""
+                     echo=print, random_split: bool = False) -> StageBResult:
+    """Run (or resume) stages A and B for one fold; returns where the final pseudo-labels are.
+
+    A fold outside ``splits_final.json`` is refused unless ``random_split`` (nnU-Net's seeded 80:20 split).
+    The folders written (embedding cache, pseudo-labels) are checked for writability before any work."""
     from nnunet_scribble.sam.backends import load_backend
 
     ds = PreprocessedDataset(dataset, configuration, plans)
-    train, val = ds.fold_split(fold)
     if config.rounds < 0:
         raise UserFacingError(f"--rounds must be >= 0 (got {config.rounds}).")
+    outputs = {"sam_embeddings": "the SAM embedding cache", "sam_pseudolabels": "the SAM pseudo-labels"}
+    for sub, what in outputs.items():
+        require_writable(os.path.join(ds.base, sub, ds.data_identifier), what, _READ_ONLY_FIX)
+    train, val = ds.fold_split(fold, random_split=random_split, log=echo)
     sam = load_backend(backend, checkpoint, device=device)
     folder = fold_folder_of(ds, sam, fold)
+    require_writable(cache_folder_of(ds, sam), outputs["sam_embeddings"], _READ_ONLY_FIX)
+    require_writable(folder, outputs["sam_pseudolabels"], _READ_ONLY_FIX)
     os.makedirs(folder, exist_ok=True)
     log = _Logger(os.path.join(folder, "stage_b.log"), echo)
-    with file_lock(os.path.join(folder, ".lock")):
+    with locked(os.path.join(folder, ".lock"), f"the SAM pseudo-labels of fold {fold} ({folder})",
+                log=lambda m: log(f"[sam] {m}")):
         return _run_locked(ds, sam, fold, train, val, config, folder, log, progress)
 
 

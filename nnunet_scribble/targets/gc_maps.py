@@ -18,17 +18,17 @@ renamed, so a killed run resumes where it stopped; a file lock serialises parall
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.files import locked
+from nnunet_scribble.image_io import check_file
 from nnunet_scribble.targets.gc_region import gc_region
 
 INSIDE, OUTSIDE = 1, 2
@@ -52,17 +52,6 @@ def raw_gc_map(scribble: np.ndarray, spacing, ignore_label: int, close_gaps: flo
     return np.where(region, INSIDE, OUTSIDE).astype(np.int16)
 
 
-@contextmanager
-def _locked(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def gc_cache_folder(preprocessed_folder: str, params: dict) -> Path:
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     return Path(preprocessed_folder + f"_maco_gc_{digest}")
@@ -81,7 +70,7 @@ def build_gc_maps(trainer, case_ids: list[str], close_gaps: float, require_fg_in
               "version": 1}
     folder = gc_cache_folder(trainer.preprocessed_dataset_folder, params)
     ending = ".b2nd" if trainer.dataset_class.__name__.endswith("Blosc2") else ".npz"
-    with _locked(folder):
+    with locked(str(folder / ".lock"), f"the MaCo GC-region cache {folder}", log=trainer.print_to_log_file):
         todo = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
         if not todo:
             return str(folder)
@@ -102,6 +91,8 @@ def build_gc_maps(trainer, case_ids: list[str], close_gaps: float, require_fg_in
         (folder / "params.json").write_text(json.dumps(params, indent=2))
         for case in tqdm(todo, desc="MaCo GC regions", disable=len(todo) < 5):
             images, scribble_file = files[case]["images"], files[case]["label"]
+            for f in (*images, scribble_file):  # SimpleITK zero-fills truncated NIfTI files without an error
+                check_file(f, finite=False)  # NaN: nnU-Net's preprocessing read them as 0 as well
             data, properties = rw.read_images(images)
             scribble, _ = rw.read_seg(scribble_file)
             gc = raw_gc_map(scribble[0], properties["spacing"], ignore, close_gaps, require_fg_inside)

@@ -88,7 +88,8 @@ class nnUNetTrainerSAMSP(nnUNetTrainerDMPLS):
         result = run_pseudolabels(self.plans_manager.dataset_name, self.configuration_name, self.fold,
                                   backend=self.sam_backend, checkpoint=self.sam_checkpoint,
                                   plans=self.plans_manager.plans_name, config=config,
-                                  device=self.device, echo=lambda msg: self.print_to_log_file(msg))
+                                  device=self.device, echo=lambda msg: self.print_to_log_file(msg),
+                                  random_split=True)   # a fold beyond splits_final.json: as nnU-Net's do_split
         final = result.dice.get(config.rounds) or {}
         os.makedirs(self.output_folder, exist_ok=True)
         tmp = f"{ready}.tmp{os.getpid()}"
