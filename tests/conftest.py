@@ -56,6 +56,27 @@ def tiny_dataset(tmp_path_factory):
     return root, DATASET_NAME
 
 
+@pytest.fixture(scope="session")
+def tiny_mixed_dataset(tmp_path_factory):
+    """A mixed-label dataset derived from the demo dataset (8 train, 2 test cases of 80x80) with `derive-mixed`:
+    demo_000-001 dense, demo_002-003 scribbled, demo_004-007 unlabeled (ignore everywhere); planned and
+    preprocessed for 2d. Returns (root, dataset_name). Read-only for tests: copy before modifying."""
+    from unittest import mock
+
+    from nnunet_scribble.conversion.command import run
+    from nnunet_scribble.demo.run import DATASET_ID, write_dataset
+
+    root = tmp_path_factory.mktemp("nnunet_mixed")
+    write_dataset(root / "nnUNet_raw", n_train=8, n_test=2, seed=1)
+    env = nnunet_env(root)
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("nnUNet")}):
+        assert run(["derive-mixed", "-s", str(DATASET_ID), "-d", str(DATASET_ID + 1), "-n", "ScribbleDemoMixed",
+                    "--dense", "0-1", "--scribbled", "2-3", "-np", "1"]) == 0
+    subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID + 1), "-c", "2d", "-np", "1"],
+                   env=env, check=True, capture_output=True)
+    return root, f"Dataset{DATASET_ID + 1:03d}_ScribbleDemoMixed"
+
+
 @pytest.fixture
 def nnunet_paths(monkeypatch, tiny_dataset):
     """Point nnU-Net's environment variables (read at call time since 2.8) at the tiny dataset's root."""

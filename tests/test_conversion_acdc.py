@@ -37,6 +37,7 @@ def test_acdc_synthetic(tmp_path, nnunet_dirs):
     assert len(splits) == 4  # 4 training patients
     assert_patient_grouped(splits, lambda c: c[:10])
     assert all(len(f["val"]) == 2 for f in splits)  # both frames of one patient
+    assert not (out / "mixed_labels.json").exists()  # only mixed-label datasets carry the label summary
 
 
 def test_acdc_official_testing_folder_goes_to_imagesTs(tmp_path, nnunet_dirs):

@@ -1,10 +1,12 @@
-"""CLI: ``nnunet-scribble convert {acdc,wsl4mis,mscmr,folder}``, ``simulate-scribbles``, ``shrink-scribbles``."""
+"""CLI: ``nnunet-scribble convert {acdc,wsl4mis,mscmr,folder}``, ``simulate-scribbles``, ``shrink-scribbles``,
+``derive-mixed``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from nnunet_scribble.cli import HelpFormatter
 from nnunet_scribble.errors import UserFacingError
 
 PRESET_NAMES = ("acdc", "chaos", "myops", "nci-isbi")
@@ -34,6 +36,13 @@ def register(subparsers, script: tuple[str, int, str] | None = None) -> None:
     p.add_argument("-s", "--scribbles", required=True, type=Path,
                    help="folder with patientXXX_frameYY_scribble.nii.gz")
     _test_patients(p)
+    g = p.add_argument_group("mixed labels (optional; the other training patients keep their scribbles)")
+    g.add_argument("--dense-patients", nargs="+", metavar="SPEC",
+                   help="training patients whose labelsTr is the ground truth: numbers, ranges like 1-10, "
+                        "patientXXX, or random:N (N patients drawn with --seed)")
+    g.add_argument("--unlabeled-patients", nargs="+", metavar="SPEC",
+                   help="training patients whose labelsTr is ignore everywhere (same syntax; 'rest' = all others)")
+    _mixed_args(g)
     _target_args(p, "ACDCScribble", dataset_id=dataset_id)
     p.set_defaults(func=_convert_acdc)
 
@@ -102,6 +111,32 @@ def register(subparsers, script: tuple[str, int, str] | None = None) -> None:
     p.add_argument("--ignore-label", type=int, help="folder mode: the ignore value K (classes are 0..K-1)")
     p.set_defaults(func=_shrink)
 
+    p = subparsers.add_parser(
+        "derive-mixed", help="new dataset mixing dense, scribbled and unlabeled training cases",
+        formatter_class=_LinesFormatter,
+        description="Write a new raw dataset from SOURCE in which the training cases chosen with --dense keep their "
+                    "dense labels (from labelsTr_dense, or from labelsTr of a dense dataset), those chosen with "
+                    "--scribbled keep their scribbles, and all others become unlabeled (labelsTr = ignore "
+                    "everywhere). Test cases, labelsTr_dense and the source's splits_final.json are kept. A patient's "
+                    "cases always get the same kind. SPEC: a list of patient or case ids (commas or spaces); "
+                    "numbers and ranges (1-3,7) when the patient ids are a prefix plus a number (patient001); "
+                    "random:N (N patients drawn with --seed); rest (all patients not chosen otherwise); none. "
+                    "The counts of each kind, overall and per fold, are printed and stored in mixed_labels.json in "
+                    "the new dataset.",
+        epilog="example: nnunet-scribble derive-mixed -s 27 -d 127 -n ACDCMixed --dense random:5 --scribbled "
+               "random:20 --seed 1   (5 dense and 20 scribbled ACDC patients, the other patients unlabeled)\n"
+               "example: nnunet-scribble derive-mixed -s 27 -d 128 -n ACDCDense10 --dense 1-10 --scribbled rest")
+    p.add_argument("-s", "--source", required=True, help="source dataset ID or name in nnUNet_raw")
+    p.add_argument("--dense", nargs="+", metavar="SPEC", help="training patients that keep dense labels")
+    p.add_argument("--scribbled", nargs="+", metavar="SPEC", help="training patients that keep scribbles")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random:N draws")
+    p.add_argument("--patient-pattern", metavar="REGEX",
+                   help="regular expression whose first group (or match) is the patient id of a case id; default: "
+                        "patientNNN for ACDC-style ids patientNNN_frameNN, else every case is its own patient")
+    _mixed_args(p, seed=False)
+    _target_args(p, None, required_id=False)
+    p.set_defaults(func=_derive_mixed)
+
 
 def run(argv) -> int:
     """Run one of these subcommands the way ``nnunet-scribble`` does (used by ``dataset_conversion/`` scripts).
@@ -139,6 +174,22 @@ def _presets():
 def _test_patients(p):
     p.add_argument("--test-patients", nargs="+", default=[], metavar="P",
                    help="patients for imagesTs/labelsTs (dense GT): numbers, ranges like 71-85, or patientXXX")
+
+
+class _LinesFormatter(HelpFormatter):
+    """The CLI's help formatter, keeping the line breaks of a description or epilog (each line filled alone)."""
+
+    def _fill_text(self, text, width, indent):
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent) for line in text.splitlines())
+
+
+def _mixed_args(p, seed=True):
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of the random:N draws")
+    p.add_argument("--allow-unlabeled-folds", action="store_true",
+                   help="write the dataset even if the training part of a fold holds no dense or scribbled case "
+                        "(a warning names the fold; do not train it); default: such a dataset is refused")
 
 
 def _patient_pattern(p):
@@ -205,7 +256,19 @@ def _done(call) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {path}")
+    _print_label_summary(Path(path))
     return 0
+
+
+def _print_label_summary(folder: Path) -> None:
+    """The counts of a mixed-label dataset, from its mixed_labels.json."""
+    import json
+
+    from nnunet_scribble.conversion import mixed
+
+    if (folder / mixed.SUMMARY_FILE).is_file():
+        print("\n".join(mixed.describe(json.loads((folder / mixed.SUMMARY_FILE).read_text()))))
+        print(f"(per case: {folder / mixed.SUMMARY_FILE})")
 
 
 def _convert_acdc(args) -> int:
@@ -213,7 +276,27 @@ def _convert_acdc(args) -> int:
     from nnunet_scribble.conversion.splits import expand_patients
 
     return _done(lambda: acdc.convert(args.input, args.scribbles, _target(args), expand_patients(args.test_patients),
-                              args.num_processes, args.repair_geometry, args.split_seed))
+                              args.num_processes, args.repair_geometry, args.split_seed,
+                              dense_patients=_spec(args.dense_patients), unlabeled_patients=_spec(args.unlabeled_patients),
+                              seed=args.seed, allow_unlabeled_folds=args.allow_unlabeled_folds))
+
+
+def _spec(tokens) -> str | None:
+    return None if tokens is None else " ".join(tokens)
+
+
+def _derive_mixed(args) -> int:
+    from nnunet_scribble.conversion import derive
+
+    if args.dense is None and args.scribbled is None:
+        raise UserFacingError("choose the labeled cases with --dense SPEC and/or --scribbled SPEC (the others become "
+                              "unlabeled), e.g. --dense random:2 --scribbled rest")
+    source = derive.find_dataset(args.source, args.nnunet_raw)
+    target = _target(args, args.name or source.name.split("_", 1)[1] + "Mixed")
+    return _done(lambda: derive.derive_mixed(source, target, _spec(args.dense), _spec(args.scribbled), seed=args.seed,
+                                             patient_pattern=args.patient_pattern,
+                                             allow_unlabeled_folds=args.allow_unlabeled_folds,
+                                             num_processes=args.num_processes, split_seed=args.split_seed))
 
 
 def _convert_wsl4mis(args) -> int:

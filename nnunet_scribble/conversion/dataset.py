@@ -5,6 +5,9 @@ Layout written into ``$nnUNet_raw/DatasetNNN_Name/``::
     imagesTr/CASE_0000.nii.gz   labelsTr/CASE.nii.gz (scribbles, ignore = K)   labelsTr_dense/CASE.nii.gz
     imagesTs/CASE_0000.nii.gz   labelsTs/CASE.nii.gz (dense)                    dataset.json  splits_final.json
 
+A mixed-label dataset (training cases of :attr:`Case.kind` other than 'scribbled') has dense labels or
+``ignore`` everywhere in the labelsTr files of those cases, and a ``mixed_labels.json`` summary (:mod:`.mixed`).
+
 Every case is read and checked (pairing, geometry, label values, empty scribbles, data types) in
 parallel; all problems are reported together in one :class:`UserFacingError` and nothing is left
 behind. The dataset is assembled in a hidden sibling folder and swapped into place at the end
@@ -26,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble.conversion import mixed as mix
 from nnunet_scribble.conversion.labels import LabelSpec
 from nnunet_scribble.conversion.output import check_replaceable, clean_leftovers, staged
 from nnunet_scribble.conversion.splits import patient_folds
@@ -48,6 +52,9 @@ class Case:
     scribble: object = None
     dense: object = None
     test: bool = False
+    # training cases: what labelsTr holds: 'scribbled' (the scribbles), 'dense' (the dense labels) or
+    # 'unlabeled' (ignore everywhere); labelsTr_dense keeps the dense labels whatever the kind
+    kind: str = "scribbled"
 
 
 @dataclass
@@ -215,19 +222,10 @@ def convert_case(case: Case, settings: Settings, out_dir: Path | None) -> Outcom
     dense = None if case.dense is None else _label(case.dense, ref, spec.map_dense, settings, out)
     if out.problems:
         return out
-    if settings.make_scribble is not None and not case.test:
-        spacing = None if ref.spacing is None else tuple(ref.spacing[::-1])
-        scribble = settings.make_scribble(case.case_id, scribble, dense, spacing)
     if not case.test:
-        if scribble is None:  # a missing scribble file is reported by write_dataset (or the collector)
-            if settings.make_scribble is not None:
-                out.problems.append(f"{describe(case.images[0])}: no label to make scribbles from for training case "
-                                    f"{case.case_id}")
+        scribble = _training_label(case, settings, ref, scribble, dense, out)
+        if scribble is None:
             return out
-        if not np.any(scribble != spec.ignore):
-            out.problems.append(f"{describe(case.scribble or case.dense)}: empty scribble map (no annotated voxel)")
-        else:
-            check_background(scribble, describe(case.scribble or case.dense), out)
     if out.problems or out_dir is None:
         return out
 
@@ -241,6 +239,32 @@ def convert_case(case: Case, settings: Settings, out_dir: Path | None) -> Outcom
         if array is not None:
             vol.write(vol.Volume(array).with_geometry_of(ref), out_dir / folder / f"{case.case_id}{ending}")
     return out
+
+
+def _training_label(case: Case, settings: Settings, ref: vol.Volume, scribble, dense, out: Outcome):
+    """labelsTr of a training case by its kind: the scribbles (read or made by ``make_scribble``), the dense
+    labels, or ignore everywhere (the only case where an all-ignore map is not an error)."""
+    spec = settings.spec
+    if case.kind == "unlabeled":
+        return np.full(ref.spatial_shape, spec.ignore, dtype=np.uint8 if spec.ignore < 256 else np.uint16)
+    if case.kind == "dense":
+        if dense is None:
+            out.problems.append(f"{describe(case.images[0])}: no dense label for training case {case.case_id}, "
+                                f"which was chosen to keep dense labels")
+        return dense
+    if settings.make_scribble is not None:
+        spacing = None if ref.spacing is None else tuple(ref.spacing[::-1])
+        scribble = settings.make_scribble(case.case_id, scribble, dense, spacing)
+        if scribble is None:
+            out.problems.append(f"{describe(case.images[0])}: no label to make scribbles from for training case "
+                                f"{case.case_id}")
+    if scribble is None:  # a missing scribble file is reported by write_dataset (or the collector)
+        return None
+    if not np.any(scribble != spec.ignore):
+        out.problems.append(f"{describe(case.scribble or case.dense)}: empty scribble map (no annotated voxel)")
+    else:
+        check_background(scribble, describe(case.scribble or case.dense), out)
+    return scribble
 
 
 def _run(args):
@@ -281,12 +305,15 @@ def source_files(cases: list[Case]) -> list[Path]:
 def write_dataset(cases: list[Case], target: Target, settings: Settings, *, channel_names: dict | None = None,
                   splits: list[dict] | None = None, split_seed: int = 12345, problems: Sequence[str] = (),
                   num_processes: int | None = None, inputs: Sequence[Path] = (), description: str = "",
-                  license: str = "see the terms of the source dataset", **dataset_json_extra) -> Path:
+                  license: str = "see the terms of the source dataset", mixed: bool = False,
+                  allow_unlabeled_folds: bool = False, **dataset_json_extra) -> Path:
     """Check and write all ``cases`` into ``target``; returns the dataset folder.
 
     ``problems`` are issues the caller found while collecting files (e.g. an image without scribble);
     they are reported together with the per-case problems. ``inputs``: the folders the user gave; the
-    dataset may not overlap them nor any file of a case (see :mod:`.output`).
+    dataset may not overlap them nor any file of a case (see :mod:`.output`). ``mixed`` (implied by a case
+    of kind other than 'scribbled'): write the label summary ``mixed_labels.json``; a fold whose training part
+    has no dense or scribbled case is then a problem, or a warning with ``allow_unlabeled_folds``.
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -296,11 +323,19 @@ def write_dataset(cases: list[Case], target: Target, settings: Settings, *, chan
     train = [c for c in cases if not c.test]
     if not train:
         problems.append("no training case found")
-    if settings.make_scribble is None:  # pairing: every training case needs a scribble file
+    if settings.make_scribble is None:  # pairing: every scribbled training case needs a scribble file
         reported = {p.split(": ", 1)[0] for p in problems}
         problems += [f"{describe(c.images[0])}: no scribble for training case {c.case_id}" for c in train
-                     if c.scribble is None and describe(c.images[0]) not in reported]
+                     if c.kind == "scribbled" and c.scribble is None and describe(c.images[0]) not in reported]
     num_processes = default_num_processes() if num_processes is None else num_processes
+    if splits is None:
+        splits = patient_folds({c.case_id: c.patient for c in train}, seed=split_seed)
+    _check_splits(splits, {c.case_id for c in train})
+    labels_summary, fold_warnings = None, []
+    if train and (mixed or any(c.kind != "scribbled" for c in train)):
+        labels_summary = mix.summary({c.case_id: c.kind for c in train}, splits, len(cases) - len(train))
+        fold_errors, fold_warnings = mix.fold_problems(labels_summary, allow_unlabeled_folds)
+        problems += fold_errors
 
     with staged(target.folder, overwrite=target.overwrite, inputs=[*inputs, *source_files(cases)],
                 another=ANOTHER_DATASET) as tmp:
@@ -321,13 +356,12 @@ def write_dataset(cases: list[Case], target: Target, settings: Settings, *, chan
                               settings.file_ending, dataset_name=target.folder_name, description=description,
                               license=license, converted_by="nnunet-scribble", numTest=len(cases) - len(train),
                               **dataset_json_extra)
-        if splits is None:
-            splits = patient_folds({c.case_id: c.patient for c in train}, seed=split_seed)
-        _check_splits(splits, {c.case_id for c in train})
         if splits:
             (tmp / "splits_final.json").write_text(json.dumps(splits, indent=1))
+        if labels_summary is not None:
+            (tmp / mix.SUMMARY_FILE).write_text(json.dumps(labels_summary, indent=1))
 
-    messages = [w for o in outcomes for w in o.warnings]
+    messages = [w for o in outcomes for w in o.warnings] + fold_warnings
     if len(splits) < 5:
         messages.append(f"{target.folder_name}: only {len(splits)} fold(s) (fewer than 5 patients); "
                         + ("train with fold 'all'" if not splits else "nnU-Net folds beyond these do not exist"))

@@ -1,9 +1,10 @@
-"""New scribble datasets from existing ones: simulated scribbles from dense labels, shrunk scribbles.
+"""New datasets from existing ones: simulated scribbles from dense labels, shrunk scribbles, mixed labels.
 
 Dataset mode reads an nnU-Net raw dataset and writes a new one through :func:`dataset.write_dataset`
 (same checks, same layout). Simulation takes its dense labels from ``labelsTr_dense`` when present,
 else from ``labelsTr`` (which must then be dense: no ``ignore`` label); shrinking needs a scribble
-dataset. The source's ``splits_final.json`` (from nnUNet_preprocessed, else from the raw folder) is
+dataset. A mixed-label dataset (:func:`derive_mixed`) keeps the dense labels of some cases and the
+scribbles of others and makes the rest unlabeled. The source's ``splits_final.json`` (from nnUNet_preprocessed, else from the raw folder) is
 reused so that results stay comparable fold by fold.
 
 Folder mode transforms a folder of label files into another folder, file by file, keeping names and
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_scribble.conversion import mixed as mix
 from nnunet_scribble.conversion import volume as vol
 from nnunet_scribble.conversion.dataset import (Case, Outcome, Settings, Target, background_summary,
                                                 check_background, emit_warnings, format_problems, run_parallel,
@@ -85,12 +87,26 @@ def _source_splits(folder: Path) -> list[dict] | None:
     return None
 
 
+def _read_source(source: Path, train_labels: dict, patient_pattern: str | None, problems: list[str]):
+    """(dataset.json, classes, cases, splits or None) of the raw dataset ``source``; the source's splits are kept
+    when they partition its training cases."""
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    classes, _ = _classes(dataset_json, source)
+    ending, channels = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    cases = (_cases(source, "Tr", ending, channels, train_labels, patient_pattern, problems)
+             + _cases(source, "Ts", ending, channels, {"dense": ("labelsTs", False)}, patient_pattern, problems))
+    splits = _source_splits(source)
+    train_ids = {c.case_id for c in cases if not c.test}
+    if splits and any(set(f["train"]) | set(f["val"]) != train_ids for f in splits):
+        splits = None
+    return dataset_json, classes, cases, splits
+
+
 def derive_dataset(source: Path, target: Target, mode: str, hook, *, patient_pattern: str | None = None,
                    num_processes: int | None = None, split_seed: int = 12345) -> Path:
     """Write ``target`` from the raw dataset ``source``; ``mode`` is 'simulate' or 'shrink'."""
     dataset_json = json.loads((source / "dataset.json").read_text())
     classes, ignore = _classes(dataset_json, source)
-    ending = dataset_json["file_ending"]
     if mode == "simulate":
         dense_dir = "labelsTr_dense" if (source / "labelsTr_dense").is_dir() else "labelsTr"
         if dense_dir == "labelsTr" and ignore is not None:
@@ -104,18 +120,63 @@ def derive_dataset(source: Path, target: Target, mode: str, hook, *, patient_pat
     spec = LabelSpec(classes, tuple(range(len(classes))), len(classes),
                      description=f"{mode} from {source.name}")
     problems: list[str] = []
-    channels = len(dataset_json["channel_names"])
-    cases = (_cases(source, "Tr", ending, channels, train_labels, patient_pattern, problems)
-             + _cases(source, "Ts", ending, channels, {"dense": ("labelsTs", False)}, patient_pattern, problems))
-    splits = _source_splits(source)
-    train_ids = {c.case_id for c in cases if not c.test}
-    if splits and any(set(f["train"]) | set(f["val"]) != train_ids for f in splits):
-        splits = None
+    _, _, cases, splits = _read_source(source, train_labels, patient_pattern, problems)
+    ending = dataset_json["file_ending"]
     return write_dataset(cases, target, Settings(spec, file_ending=ending, make_scribble=hook),
                          channel_names=dataset_json["channel_names"], splits=splits, split_seed=split_seed,
                          problems=problems, num_processes=num_processes, inputs=[source],
                          description=f"{'simulated' if mode == 'simulate' else 'shrunk'} scribbles derived from "
                                      f"{source.name}: {hook!r}")
+
+
+def derive_mixed(source: Path, target: Target, dense: str | None, scribbled: str | None, *, seed: int = 0,
+                 patient_pattern: str | None = None, allow_unlabeled_folds: bool = False,
+                 num_processes: int | None = None, split_seed: int = 12345) -> Path:
+    """Write ``target`` from ``source`` with the cases chosen by the ``dense`` / ``scribbled`` selections
+    (:mod:`.mixed` syntax) keeping those labels and every other training case unlabeled.
+
+    The scribbles come from a scribble source's labelsTr, the dense labels from its labelsTr_dense or from a
+    dense source's labelsTr (no ignore label). ``patient_pattern`` None: ACDC-style ids group by patient,
+    anything else is one case per patient.
+    """
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    _, ignore = _classes(dataset_json, source)
+    has_dense = ignore is None or (source / "labelsTr_dense").is_dir()
+    train_labels = ({"dense": ("labelsTr", True)} if ignore is None else
+                    {"scribble": ("labelsTr", True), "dense": ("labelsTr_dense", False)})
+    problems: list[str] = []
+    dataset_json, classes, cases, splits = _read_source(source, train_labels, patient_pattern, problems)
+    train = [c for c in cases if not c.test]
+    pattern = patient_pattern or mix.default_patient_pattern(c.case_id for c in train)
+    for case in cases:
+        case.patient = patient_of(case.case_id, pattern)
+    kinds = mix.choose_kinds({c.case_id: c.patient for c in train},
+                             {"dense": ("--dense", dense), "scribbled": ("--scribbled", scribbled)}, "unlabeled",
+                             seed, test_ids=[c.case_id for c in cases if c.test])
+    chosen = {k: sorted(c for c, kind in kinds.items() if kind == k) for k in mix.KINDS}
+    if chosen["scribbled"] and ignore is None:
+        raise UserFacingError(f"{source}: labelsTr holds dense labels (dataset.json has no ignore label), so there "
+                              f"are no scribbles to keep for the {len(chosen['scribbled'])} case(s) chosen with "
+                              f"--scribbled ({mix.shown(chosen['scribbled'])}). Run simulate-scribbles first "
+                              f"(nnunet-scribble simulate-scribbles -s {source.name} -d NEW_ID) and derive the mixed "
+                              f"dataset from its output, or choose only --dense cases")
+    if chosen["dense"] and not has_dense:
+        raise UserFacingError(f"{source}: no labelsTr_dense folder, so there are no dense labels for the "
+                              f"{len(chosen['dense'])} case(s) chosen with --dense ({mix.shown(chosen['dense'])}); "
+                              f"choose them with --scribbled, or derive from a dataset with dense labels")
+    for case in train:
+        case.kind = kinds[case.case_id]
+        if case.kind != "scribbled":
+            case.scribble = None  # not read: labelsTr is the dense label or ignore everywhere
+    spec = LabelSpec(classes, tuple(range(len(classes))), len(classes), description=f"mixed from {source.name}")
+    counts = ", ".join(f"{len(chosen[k])} {k}" for k in mix.KINDS)
+    return write_dataset(cases, target, Settings(spec, file_ending=dataset_json["file_ending"]),
+                         channel_names=dataset_json["channel_names"], splits=splits, split_seed=split_seed,
+                         problems=problems, num_processes=num_processes, inputs=[source], mixed=True,
+                         allow_unlabeled_folds=allow_unlabeled_folds,
+                         description=f"mixed labels derived from {source.name}: {counts} training cases "
+                                     f"(labelsTr: dense labels, scribbles, or ignore everywhere; see "
+                                     f"{mix.SUMMARY_FILE})")
 
 
 @dataclass
