@@ -1,6 +1,7 @@
 """The scribble trainer base, in-process on the tiny preprocessed dataset."""
 import copy
 import os
+import re
 
 import blosc2
 import conftest
@@ -126,3 +127,88 @@ def test_extra_channel_rides_through_augmentation_and_reaches_the_loss(nnunet_pa
     assert logged_terms(trainer.logger)["partial"] == [pytest.approx(float(out["loss"]))]
     from nnunet_scribble.training.loss_terms import plot_loss_terms
     assert os.path.isfile(plot_loss_terms(trainer.logger, trainer.output_folder))
+
+
+# ---- budgets, checkpoints, resume -----------------------------------------------------------------
+def test_every_budget_variant_saves_checkpoint_latest_every_250_iterations_at_most(nnunet_paths):
+    from nnunet_scribble.training import pce, stock
+
+    variants = [getattr(m, n) for m in (pce, stock) for n in m.__all__]
+    assert {"nnUNetTrainerPCE_5epochs", "nnUNetTrainerPCE_3000it", "nnUNetTrainerPCE_smoke",
+            "nnUNetTrainer_smoke"} <= {v.__name__ for v in variants}
+    for cls in variants:   # nnU-Net's defaults: 250 iterations per epoch, checkpoint_latest every 50 epochs
+        assert (cls.budget_save_every or 50) * (cls.budget_iterations_per_epoch or 250) <= 250, cls.__name__
+    trainer = make_trainer(*nnunet_paths, cls=pce.nnUNetTrainerPCE_5epochs)
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.save_every) == (5, 250, 1)
+    smoke = make_trainer(*nnunet_paths, cls=pce.nnUNetTrainerPCE_smoke)
+    assert (smoke.num_epochs, smoke.num_iterations_per_epoch, smoke.num_val_iterations_per_epoch) == (2, 5, 2)
+    assert smoke.save_every == 1 and not smoke.skip_final_validation
+
+
+def test_a_kill_while_saving_keeps_the_previous_checkpoint(nnunet_paths, monkeypatch):
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as stock_module
+
+    trainer = make_trainer(*nnunet_paths)
+    trainer.initialize()
+    path = os.path.join(trainer.output_folder, "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=False)["current_epoch"] == 1
+
+    def killed_mid_write(obj, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stock_module.torch, "save", killed_mid_write)
+    trainer.current_epoch = 7
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=False)["current_epoch"] == 1
+
+
+KILLING_TRAINER = '''
+import os
+import signal
+
+from nnunet_scribble.training.pce import nnUNetTrainerPCE_5epochs
+
+
+class nnUNetTrainerPCE_5epochs_killed(nnUNetTrainerPCE_5epochs):
+    """The real _5epochs variant with 2 iterations per epoch; SIGKILLs itself after $KILL_AFTER_EPOCHS epochs."""
+    budget_iterations_per_epoch = 2
+    budget_val_iterations_per_epoch = 1
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.current_epoch == int(os.environ.get("KILL_AFTER_EPOCHS", "-1")):
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@pytest.mark.slow
+def test_kill_then_continue_resumes_after_the_last_finished_epoch(tiny_dataset, tmp_path):
+    """nnUNetv2_train killed after 3 of 5 epochs; ``--c`` trains epochs 3 and 4 only (it used to go back to
+    checkpoint_best: an _<N>epochs variant wrote checkpoint_latest every 50 epochs)."""
+    import subprocess
+
+    from nnunet_scribble.ext_trainers import TRAINERS_PATH
+
+    root, name = tiny_dataset
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "killing_trainer.py").write_text(KILLING_TRAINER)
+    env = conftest.nnunet_env(root, nnUNet_results=str(tmp_path / "results"), nnUNet_n_proc_DA="0",
+                              nnUNet_extTrainer=TRAINERS_PATH + os.pathsep + str(ext))
+    trainer = "nnUNetTrainerPCE_5epochs_killed"
+    cmd = [conftest.console_script("nnUNetv2_train"), name, "2d", "0", "-tr", trainer, "-device", "cpu"]
+    first = subprocess.run(cmd, env={**env, "KILL_AFTER_EPOCHS": "3"}, capture_output=True, text=True)
+    assert first.returncode == -9, first.stdout[-2000:] + first.stderr[-2000:]
+    fold = tmp_path / "results" / name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == 3
+    assert not (fold / "checkpoint_final.pth").exists()
+
+    second = subprocess.run(cmd + ["--c"], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert re.findall(r": Epoch (\d+)$", second.stdout, flags=re.M) == ["3", "4"], second.stdout[-3000:]
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 5

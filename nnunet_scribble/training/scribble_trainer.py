@@ -14,7 +14,8 @@ What it adds to ``nnUNetTrainer`` (methods only implement ``compute_loss_terms``
 - after training (and ``nnUNetv2_train --val``), if ``$nnUNet_raw/<dataset>/labelsTr_dense`` exists, the
   fold's validation predictions are evaluated against it: ``validation/summary_dense.json``. nnU-Net's
   own ``validation/summary.json`` only counts scribbled voxels.
-- training budgets (``TrainingBudget``): the generated ``_<N>epochs`` and ``_3000it`` variants.
+- training budgets (``TrainingBudget``): the generated ``_<N>epochs``, ``_<N>it`` and ``_smoke`` variants;
+  ``checkpoint_latest`` every 250 iterations, written atomically (``nnUNetv2_train --c`` after a kill).
 """
 from __future__ import annotations
 
