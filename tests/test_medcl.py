@@ -63,7 +63,7 @@ def test_sinkhorn_by_hand_two_by_two():
 
 def test_assignment_loss_by_hand():
     scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
-    loss, p = assignment_loss(scores, eps=1.0, iterations=1, temperature=1.0)
+    loss, p = assignment_loss(scores, eps=1.0, iterations=1, temperature=1.0, per_sample_sum=False)
     e = math.e
     q = torch.tensor([[e, 1.0], [1.0, e]]) / (e + 1)
     log_p = torch.log_softmax(scores.detach(), 1)

@@ -72,17 +72,19 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> to
     return p / p.sum(1, keepdim=True).clamp_min(1e-30)
 
 
-def assignment_loss(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3,
-                    temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``L_sk = -mean(q log p)`` with ``q = sinkhorn(scores)`` (no gradient) and ``p = softmax(scores / w)``.
+def assignment_loss(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3, temperature: float = 0.1,
+                    per_sample_sum: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_sk``: cross-entropy of ``p = softmax(scores / w)`` to ``q = sinkhorn(scores)`` (no gradient).
 
-    The mean runs over all ``n x d`` entries, as the paper's pseudo-code writes it (SwAV sums over the
-    prototypes instead: ``d`` times larger). ``scores``: ``(n, d)``. Returns ``(loss, p)``.
+    ``per_sample_sum``: ``-mean_n sum_d q log p`` (SwAV's normalisation, the default); False gives the
+    paper's pseudo-code literally, ``-mean(q log p)`` over all ``n x d`` entries (``d`` times smaller).
+    ``scores``: ``(n, d)``. Returns ``(loss, p)``.
     """
     scores = scores.float()
     q = sinkhorn(scores, eps, iterations)
     log_p = torch.log_softmax(scores / temperature, dim=1)
-    return -(q * log_p).mean(), log_p.exp()
+    loss = -(q * log_p).sum(1).mean() if per_sample_sum else -(q * log_p).mean()
+    return loss, log_p.exp()
 
 
 def cluster_loss(codes: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

@@ -49,8 +49,6 @@ Choices where the paper is silent or differs from the official code (also in doc
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -63,6 +61,7 @@ from nnunet_scribble.losses.medcl import (anatomy_consistency_loss, assignment_l
 from nnunet_scribble.networks.anatomy_head import AnatomyHead
 from nnunet_scribble.targets.medcl_mix import downsample_like, inter_mix, intra_mix
 from nnunet_scribble.training.budget_variants import add_budget_variants
+from nnunet_scribble.training.case_labels import scribbled_classes
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 HEAD_KEY = "medcl_anatomy_head"
@@ -106,6 +105,7 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
     sinkhorn_eps = 0.05
     sinkhorn_iterations = 3
     assignment_temperature = 0.1      # w
+    assignment_per_sample_sum = True  # L_sk as SwAV (-mean_n sum_d q log p); False: the pseudo-code's mean
     cluster_tau = 1.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -143,24 +143,14 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
         head = self.anatomy_head
         return head.module if isinstance(head, DDP) else head
 
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
+    def extra_checkpoint_state(self) -> dict:
         head = self._head_module()
-        if head is None or self.local_rank != 0 or self.disable_checkpointing:
-            return
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-        checkpoint[HEAD_KEY] = head.state_dict()
-        tmp = f"{filename}.tmp{os.getpid()}"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        return {} if head is None else {HEAD_KEY: head.state_dict()}
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
         head = self._head_module()
         if head is None:
             return
-        checkpoint = (torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-                      if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint)
         if HEAD_KEY in checkpoint:
             head.load_state_dict(checkpoint[HEAD_KEY])
         else:
@@ -181,18 +171,10 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
             f"w {self.assignment_temperature}, tau {self.cluster_tau}")
 
     def _scribbled_classes(self) -> dict[str, np.ndarray]:
-        """``{case: (C,) bool}`` the classes scribbled in each training case (-1 crop marks = background)."""
+        """``{case: (C,) bool}`` the classes scribbled in each training case."""
         tr_keys, _ = self.do_split()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
-        n = self.label_manager.num_segmentation_heads
-        classes = {}
-        for key in tr_keys:
-            seg = np.asarray(dataset.load_case(key)[1][:])
-            values = np.unique(seg)
-            present = np.zeros(n, dtype=bool)
-            present[[int(v) for v in values if 0 <= v < n]] = True
-            present[0] |= bool((values == -1).any())
-            classes[key] = present
+        classes = scribbled_classes(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), tr_keys,
+                                    self.label_manager.num_segmentation_heads)
         missing = [k for k, v in classes.items() if not v.any()]
         if missing:
             self.print_to_log_file(f"MedCL: {len(missing)} training case(s) without any scribble get no "
@@ -240,7 +222,7 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
         maps = torch.cat([y, class_subset_maps(y, subsets)], 1)
         scores = self.anatomy_head(maps)                                   # (B, M, d)
         l_sk, p = assignment_loss(scores.flatten(0, 1), self.sinkhorn_eps, self.sinkhorn_iterations,
-                                  self.assignment_temperature)
+                                  self.assignment_temperature, self.assignment_per_sample_sum)
         codes = p.view_as(scores) if self.code_source == "assignments" else scores
         terms = {}
         if self.weight_sk > 0:
