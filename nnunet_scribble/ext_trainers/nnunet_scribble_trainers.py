@@ -6,3 +6,4 @@ from nnunet_scribble.training.stock import *  # noqa: F401,F403
 from nnunet_scribble.training.maco import *  # noqa: F401,F403
 from nnunet_scribble.training.samsp import *  # noqa: F401,F403
 from nnunet_scribble.training.medcl import *  # noqa: F401,F403
+from nnunet_scribble.training.mean_teacher import *  # noqa: F401,F403
