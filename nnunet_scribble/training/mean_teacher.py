@@ -27,15 +27,12 @@ import copy
 import torch
 from torch._dynamo import OptimizedModule
 
+from nnunet_scribble.networks.dual_decoder import full_resolution
 from nnunet_scribble.losses.mean_teacher import ema_decay, sigmoid_rampup, softmax_mse, teacher_noise, update_ema
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 TEACHER_KEY, STEP_KEY, STUDENT_KEY = "mean_teacher", "mean_teacher_step", "mean_teacher_student"
-
-
-def _full_resolution(x):
-    return x[0] if isinstance(x, (list, tuple)) else x
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerScribble):
@@ -76,8 +73,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerScribble):
         terms = {"supervised": self.loss(output, scribbles)}
         with torch.no_grad():
             noisy = data + teacher_noise(data, self.teacher_noise_std, self.teacher_noise_clamp)
-            teacher_out = _full_resolution(self.teacher(noisy))
-        terms["consistency"] = self.consistency_weight_now() * softmax_mse(_full_resolution(output), teacher_out)
+            teacher_out = full_resolution(self.teacher(noisy))
+        terms["consistency"] = self.consistency_weight_now() * softmax_mse(full_resolution(output), teacher_out)
         return terms
 
     def train_step(self, batch: dict) -> dict:

@@ -59,22 +59,14 @@ from nnunet_scribble.losses.medcl import (anatomy_consistency_loss, assignment_l
                                           class_subset_maps, cluster_loss, mix_consistency_loss,
                                           sample_class_subsets)
 from nnunet_scribble.networks.anatomy_head import AnatomyHead
+from nnunet_scribble.networks.dual_decoder import full_resolution
 from nnunet_scribble.targets.medcl_mix import downsample_like, inter_mix, intra_mix
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.case_labels import scribbled_classes
+from nnunet_scribble.training.maco import _split_batch
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 HEAD_KEY = "medcl_anatomy_head"
-
-
-def _full_resolution(x):
-    return x[0] if isinstance(x, (list, tuple)) else x
-
-
-def _split_batch(output, b: int):
-    if isinstance(output, (list, tuple)):
-        return [o[:b] for o in output], [o[b:] for o in output]
-    return output[:b], output[b:]
 
 
 def rotation_plane(spacing) -> tuple[int, int]:
@@ -205,9 +197,9 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
         else:
             output, output_mix, targets = self.network(data), None, scribbles
         terms = {"partial": self.loss(output, targets)}
-        y = torch.softmax(_full_resolution(output).float(), 1)
+        y = torch.softmax(full_resolution(output).float(), 1)
         if self.use_mixing and self.weight_mix > 0:
-            y12 = torch.softmax(_full_resolution(output_mix).float(), 1)
+            y12 = torch.softmax(full_resolution(output_mix).float(), 1)
             terms["mix"] = self.weight_mix * mix_consistency_loss(y12, y, torch.flip(y, (0,)), beta)
         if self.uses_anatomy_codes:
             terms.update(self.anatomy_code_terms(y))
