@@ -2,7 +2,8 @@
 
 All SAM stages work in the *preprocessed* geometry of one configuration (what the trainer trains on):
 ``$nnUNet_preprocessed/<dataset>/<data identifier>/<case>.b2nd`` (image, (c, *spatial)) and
-``<case>_seg.b2nd`` (scribbles: classes 0..K-1, ``ignore`` = K, -1 outside the cropped region). Slices are
+``<case>_seg.b2nd`` (scribbles: classes 0..K-1, ``ignore`` = K; nnU-Net's -1 crop marks, background
+scribbles on zero-intensity voxels, are read as background: ``nnunet_scribble.crop_marks``). Slices are
 taken along the lowest-resolution axis: axis 0 for ``2d`` (nnU-Net's 2D slicing axis), the axis of the
 largest spacing for 3D configurations. Pseudo-labels are written back as one ``<case>.b2nd`` (or ``.npz``
 for numpy-preprocessed data) label map of the case's spatial shape, which nnU-Net's dataset class reads
@@ -17,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from nnunet_scribble.crop_marks import crop_marks_as_background
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.files import atomic_write_json, locked
 from nnunet_scribble.image_io import check_file
@@ -27,7 +29,7 @@ class CaseSlices:
     """One case as a stack of 2D slices (slice axis first)."""
     case: str
     image: np.ndarray        # (n, H, W) float32, one channel of the preprocessed data
-    scribbles: np.ndarray    # (n, H, W) int16: 0..K-1 classes, K = ignore, -1 outside the crop
+    scribbles: np.ndarray    # (n, H, W) int16: 0..K-1 classes, K = ignore (crop marks read as 0)
     spatial_shape: tuple     # the case's preprocessed spatial shape (before moving the slice axis)
     properties: dict
 
@@ -94,7 +96,9 @@ class PreprocessedDataset:
 
     @property
     def is_blosc2(self) -> bool:
-        return self.dataset_class.__name__ == "nnUNetDatasetBlosc2"
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+        return issubclass(self.dataset_class, nnUNetDatasetBlosc2)
 
     def raw_folder(self) -> Optional[str]:
         from nnunetv2.paths import nnUNet_raw
@@ -115,7 +119,7 @@ class PreprocessedDataset:
             raise UserFacingError(f"{self.folder}/{case}: channel {channel} requested but the data has "
                                   f"{data.shape[0]} channel(s).")
         image = np.asarray(data[channel], dtype=np.float32)
-        scribbles = np.asarray(seg[0]).astype(np.int16)
+        scribbles = crop_marks_as_background(seg[0]).astype(np.int16)
         return CaseSlices(case, np.moveaxis(image, self.slice_axis, 0), np.moveaxis(scribbles, self.slice_axis, 0),
                           tuple(image.shape), properties)
 
@@ -134,7 +138,7 @@ class PreprocessedDataset:
         import hashlib
 
         ds = self.dataset_class(self.folder, [case])
-        seg = np.ascontiguousarray(np.asarray(ds.load_case(case)[1]).astype(np.int16))
+        seg = np.ascontiguousarray(crop_marks_as_background(ds.load_case(case)[1]).astype(np.int16))
         return hashlib.sha256(repr(seg.shape).encode() + seg.tobytes()).hexdigest()
 
     def to_volume(self, slices: np.ndarray) -> np.ndarray:

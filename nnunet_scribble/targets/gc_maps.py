@@ -69,7 +69,9 @@ def build_gc_maps(trainer, case_ids: list[str], close_gaps: float, require_fg_in
     params = {"close_gaps": close_gaps, "require_fg_inside": require_fg_inside, "encoding": [INSIDE, OUTSIDE],
               "version": 1}
     folder = gc_cache_folder(trainer.preprocessed_dataset_folder, params)
-    ending = ".b2nd" if trainer.dataset_class.__name__.endswith("Blosc2") else ".npz"
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    ending = ".b2nd" if issubclass(trainer.dataset_class, nnUNetDatasetBlosc2) else ".npz"
     with locked(str(folder / ".lock"), f"the MaCo GC-region cache {folder}", log=trainer.print_to_log_file):
         todo = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
         if not todo:

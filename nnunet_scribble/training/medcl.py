@@ -62,7 +62,6 @@ from nnunet_scribble.networks.anatomy_head import AnatomyHead
 from nnunet_scribble.networks.dual_decoder import full_resolution
 from nnunet_scribble.targets.medcl_mix import downsample_like, inter_mix, intra_mix
 from nnunet_scribble.training.budget_variants import add_budget_variants
-from nnunet_scribble.training.case_labels import scribbled_classes
 from nnunet_scribble.training.maco import _split_batch
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
@@ -163,10 +162,8 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
             f"w {self.assignment_temperature}, tau {self.cluster_tau}")
 
     def _scribbled_classes(self) -> dict[str, np.ndarray]:
-        """``{case: (C,) bool}`` the classes scribbled in each training case."""
-        tr_keys, _ = self.do_split()
-        classes = scribbled_classes(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), tr_keys,
-                                    self.label_manager.num_segmentation_heads)
+        """``{case: (C,) bool}`` the classes scribbled in each training case (the base trainer's, read once)."""
+        classes = self.training_case_classes()
         missing = [k for k, v in classes.items() if not v.any()]
         if missing:
             self.print_to_log_file(f"MedCL: {len(missing)} training case(s) without any scribble get no "

@@ -4,7 +4,11 @@ What it adds to ``nnUNetTrainer`` (methods only implement ``compute_loss_terms``
 - refuses datasets without an ``ignore`` label (scribbles need one), and region-based datasets for the
   methods that need label maps (``needs_label_maps``);
 - patch padding outside the image becomes ``ignore`` instead of background (stock nnU-Net turns the
-  -1 padding into label 0, i.e. it would teach "background" where no annotation exists);
+  -1 padding into label 0, i.e. it would teach "background" where no annotation exists), while
+  nnU-Net's crop marks (-1 in the stored map: background scribbles on zero-intensity voxels) are read as
+  the background they are (``nnunet_scribble.crop_marks``);
+- reads once, at the start of training, which classes each training case has scribbled
+  (``training_case_classes``) and warns about scribbled cases without any background scribble;
 - extra segmentation channels: if ``self.extra_seg_folder`` is set (before ``on_train_start``), each
   training case's map ``<case>.b2nd`` (or ``.npz``/``.npy`` for numpy-preprocessed data) from that
   folder rides as a second segmentation channel through nnU-Net's augmentation and deep-supervision
@@ -32,9 +36,10 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch import distributed as dist
 
+from nnunet_scribble.crop_marks import with_crop_marks_as_background
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.training.budget_variants import TrainingBudget
-from nnunet_scribble.training.case_labels import labeled_cases
+from nnunet_scribble.training.case_labels import labeled_cases, scribbled_classes
 from nnunet_scribble.training.labeled_sampling import labeled_count, loader_class_substituted
 from nnunet_scribble.training.loss_terms import TERM_PREFIX, log_term, logged_terms, plot_loss_terms
 
@@ -85,6 +90,7 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
                 "plain labels (one integer per class, no regions_class_order) and rerun "
                 "nnUNetv2_plan_and_preprocess.")
         self.extra_seg_folder: str | None = None
+        self._training_case_classes: dict[str, np.ndarray] | None = None
 
     # ---- data -------------------------------------------------------------------------------
     @staticmethod
@@ -99,6 +105,7 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
 
     def get_tr_and_val_datasets(self):
         tr_keys, val_keys = self.do_split()
+        self.dataset_class = with_crop_marks_as_background(self.dataset_class)
         dataset_tr = self.dataset_class(self.preprocessed_dataset_folder, tr_keys,
                                         folder_with_segs_from_previous_stage=self.extra_seg_folder)
         dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
@@ -126,6 +133,36 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
                                f"{n} of the {self.batch_size} cases of each batch are drawn from them.")
         with loader_class_substituted(labeled, self.labeled_batch_share):
             return super().get_dataloaders()
+
+    def training_case_classes(self) -> dict[str, np.ndarray]:
+        """``{case: (C,) bool}``: the classes scribbled (or densely labeled) in each training case of the fold,
+        read once from the preprocessed segmentations (crop marks count as background)."""
+        if self._training_case_classes is None:
+            tr_keys, _ = self.do_split()
+            dataset = with_crop_marks_as_background(
+                self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder))
+            self._training_case_classes = scribbled_classes(dataset(self.preprocessed_dataset_folder, tr_keys),
+                                                            tr_keys, self.label_manager.num_segmentation_heads)
+        return self._training_case_classes
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.warn_about_missing_background()
+
+    def warn_about_missing_background(self) -> list[str]:
+        """Log (and return) the labeled training cases that have no background scribble."""
+        if self.label_manager.has_regions:
+            return []
+        classes = self.training_case_classes()
+        missing = sorted(k for k, present in classes.items() if present.any() and not present[0])
+        if missing:
+            self.print_to_log_file(
+                f"WARNING: {len(missing)} of {len(classes)} training cases have scribbles but no background scribble "
+                f"(e.g. {', '.join(missing[:5])}). Without background scribbles the network has no example of "
+                "background in them and tends to paint the whole image with the scribbled classes. Scribble some "
+                "background (label 0) in each case, or simulate scribbles with `nnunet-scribble "
+                "simulate-scribbles`, and rerun nnUNetv2_plan_and_preprocess.")
+        return missing
 
     # ---- loss -------------------------------------------------------------------------------
     def compute_loss_terms(self, data: torch.Tensor, scribbles, extras) -> dict[str, torch.Tensor]:
