@@ -77,6 +77,30 @@ def tiny_mixed_dataset(tmp_path_factory):
     return root, f"Dataset{DATASET_ID + 1:03d}_ScribbleDemoMixed"
 
 
+TINY_3D_ID, TINY_3D_NAME = 993, "Dataset993_Toy3D"
+
+
+@pytest.fixture(scope="session")
+def tiny_3d_dataset(tmp_path_factory):
+    """A tiny anisotropic 3D scribble dataset planned + preprocessed for 3d_fullres: 6 training cases (3
+    patients x 2 visits) and 1 test case of 4 x 40 x 36 voxels at 1.25 x 1.5 x 5 mm (SimpleITK order x, y, z),
+    oblique direction, converted with `nnunet-scribble convert folder`. 4 slices: narrower than the attention
+    window along z. Returns (root, dataset_name). Read-only for tests: copy before modifying."""
+    from unittest import mock
+
+    from conversion_helpers import convert_folder_3d, make_folder_3d
+
+    root = tmp_path_factory.mktemp("nnunet_3d")
+    make_folder_3d(root / "src")
+    env = nnunet_env(root)
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("nnUNet")}):
+        assert convert_folder_3d(root / "src", TINY_3D_ID, "Toy3D", "--classes", "background", "RV", "Myo", "LV",
+                                 "--unlabeled", "max") == 0
+    subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(TINY_3D_ID), "-c", "3d_fullres",
+                    "-np", "1"], env=env, check=True, capture_output=True)
+    return root, TINY_3D_NAME
+
+
 @pytest.fixture
 def nnunet_paths(monkeypatch, tiny_dataset):
     """Point nnU-Net's environment variables (read at call time since 2.8) at the tiny dataset's root."""
