@@ -1,4 +1,5 @@
-"""Files shared between processes: the one inter-process lock, writability checks, atomic writes.
+"""Files shared between processes: the one inter-process lock, writability checks, atomic writes
+(every file the package writes for later reading goes through :func:`atomic_write`).
 
 ``locked(path, what)`` holds a ``filelock`` lock (``flock`` on POSIX, ``msvcrt`` on Windows: the OS releases
 it when the holder dies, so a killed job never leaves a stale lock). While holding it, the holder's pid,
@@ -35,12 +36,17 @@ def require_writable(folder: str, what: str, fix: str = "") -> None:
                               f"permission or a read-only file system). Make it writable.{fix} Nothing was written.")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
+def atomic_write(path, write) -> None:
+    """Make ``path`` appear complete or not at all: ``write(tmp)`` writes the content to a temporary file next
+    to it (same folder, same ending, so libraries that go by the ending still work), which is then renamed over
+    ``path``. A kill mid-write leaves the old file (and at most a hidden ``.<name>.tmp<pid>...`` file); an
+    error removes the temporary file and is raised."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    stem, dot, ending = name.rpartition(".")
+    tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}.{ending}" if dot else f".{name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -48,8 +54,16 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False))
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def atomic_write_json(path, obj, indent: int = 1) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False))
 
 
 def holder_file(lock_path: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.files import atomic_write_json, holder_file, locked, require_writable
+from nnunet_scribble.files import atomic_write, atomic_write_json, holder_file, locked, require_writable
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_scribble"
 
@@ -93,6 +93,27 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         atomic_write_json(str(path), {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]     # the temporary file is gone
+
+
+def test_atomic_write_keeps_the_ending_for_writers_that_go_by_it(tmp_path):
+    seen = []
+
+    def write(tmp):
+        seen.append(os.path.basename(tmp))
+        Path(tmp).write_text("complete")
+
+    atomic_write(tmp_path / "plot.png", write)
+    assert seen[0].startswith(".plot.tmp") and seen[0].endswith(".png")
+    assert (tmp_path / "plot.png").read_text() == "complete"
+
+    def killed(tmp):
+        Path(tmp).write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "plot.png", killed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+    assert (tmp_path / "plot.png").read_text() == "complete"
 
 
 def test_no_module_imports_fcntl():

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from nnunet_scribble.conversion import volume as vol
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.evaluation.metrics import label_metrics
+from nnunet_scribble.files import atomic_write_json
 from nnunet_scribble.image_io import read_image
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".png", ".tif", ".tiff", ".bmp")
@@ -270,11 +271,6 @@ def save_summary(summary: dict, path: Path, table_printed: bool = False) -> None
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it into place (no temporary file is left)."""
+    """Write JSON atomically (``files.atomic_write_json``), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_json(path, obj, indent=2)

@@ -24,7 +24,7 @@ signature must stay nnU-Net's).
 """
 from __future__ import annotations
 
-import os
+from nnunet_scribble.files import atomic_write
 
 EPOCH_BUDGETS = (1, 2, 5, 10, 20, 50, 100, 250, 500)
 # name suffix -> (epochs, training iterations per epoch)
@@ -61,12 +61,10 @@ class TrainingBudget:
             self.save_every = self.budget_save_every
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, written to ``<filename>.tmp`` and renamed (a kill mid-write keeps the old file)."""
+        """nnU-Net's checkpoint, written atomically (``files.atomic_write``: a kill mid-write keeps the old file)."""
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        tmp = f"{filename}.tmp"
-        super().save_checkpoint(tmp)
-        os.replace(tmp, filename)
+        atomic_write(filename, super().save_checkpoint)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.skip_final_validation:

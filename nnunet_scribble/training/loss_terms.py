@@ -14,6 +14,8 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nnunet_scribble.files import atomic_write  # noqa: E402
+
 TERM_PREFIX = "train_term_"
 
 
@@ -60,8 +62,8 @@ def plot_loss_terms(meta_logger, output_folder: str) -> str | None:
         return None
     fig = loss_terms_figure(meta_logger)
     path = os.path.join(output_folder, "progress_loss_terms.png")
-    tmp = os.path.join(output_folder, f".progress_loss_terms.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, fig.savefig)
+    finally:
+        plt.close(fig)
     return path

@@ -48,6 +48,7 @@ import time
 import torch
 
 from nnunet_scribble.networks.dual_decoder import full_resolution
+from nnunet_scribble.files import atomic_write_json
 from nnunet_scribble.sam.decoder import FinetuneConfig
 from nnunet_scribble.sam.pseudolabels import (DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS, StageBConfig,
                                               run_pseudolabels, setting_from_env)
@@ -92,12 +93,9 @@ class nnUNetTrainerSAMSP(nnUNetTrainerDMPLS):
                                   random_split=True)   # a fold beyond splits_final.json: as nnU-Net's do_split
         final = result.dice.get(config.rounds) or {}
         os.makedirs(self.output_folder, exist_ok=True)
-        tmp = f"{ready}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"folder": result.folder, "details": result.fold_folder, "rounds": config.rounds,
-                       "finetune_epochs": config.finetune.epochs,
-                       "pseudo_label_dice": final.get("mean"), "per_class": final.get("per_class")}, f, indent=1)
-        os.replace(tmp, ready)
+        atomic_write_json(ready, {"folder": result.folder, "details": result.fold_folder, "rounds": config.rounds,
+                                  "finetune_epochs": config.finetune.epochs,
+                                  "pseudo_label_dice": final.get("mean"), "per_class": final.get("per_class")})
         return result.folder
 
     def _wait_for_rank0(self, ready: str) -> str:
