@@ -20,7 +20,7 @@ Formulation (``docs/methods/attenscribble.md`` has the long version)::
 Deviations from the paper / the authors' code, and guesses:
 - ``sigma_I = 0.7`` (z-score units) instead of 0.1 on [0, 1]: the paper min-max scales each volume; on
   ACDC (170 volumes) ``(max - min) / std`` has median 6.76 (p10 5.07, p90 13.55), so 0.1 of the
-  min-max range is ~0.68 z-scores (``benchmarks/attenscribble_speed.py --intensity-stats``). A guess
+  min-max range is ~0.68 z-scores (``benchmarks/acdc_intensity_stats.py``). A guess
   for other data: for CT (nnU-Net's global clipping + z-score) the equivalent differs; set it per
   dataset in a subclass.
 - Distances use the configuration's voxel spacing in units of its finest spacing (2D in-plane: pixels,
