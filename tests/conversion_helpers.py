@@ -80,7 +80,7 @@ def run_cli(*args) -> int:
 # was renamed aside, before the new one is renamed into place
 _KILLED_RUN = """
 import os, pathlib, signal, sys
-from nnunet_scribble.conversion import volume
+from nnunet_scribble import volume
 point, n = sys.argv[1], int(sys.argv[2])
 real_write, real_rename, written = volume.write, pathlib.Path.rename, []
 

@@ -134,7 +134,7 @@ def test_preset_and_custom_values_are_exclusive(tmp_path, nnunet_dirs, capsys):
 
 def test_crash_while_writing_leaves_nothing_behind(tmp_path, nnunet_dirs, monkeypatch):
     """An exception after some files were written (disk full, Ctrl-C) leaves neither a dataset nor a partial folder."""
-    from nnunet_scribble.conversion import volume
+    from nnunet_scribble import volume
 
     make_folder_3d(tmp_path / "src", n_patients=2)
     written, real_write = [], volume.write

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_scribble import image_io
-from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble import volume as vol
 from nnunet_scribble.errors import UserFacingError
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnunet_scribble.cli import HelpFormatter
+from nnunet_scribble.arguments import HelpFormatter
 from nnunet_scribble.errors import UserFacingError
 
 PRESET_NAMES = ("acdc", "chaos", "myops", "nci-isbi")
@@ -153,7 +153,7 @@ def run_script(fmt: str, dataset_id: int, argv=None) -> int:
 
 
 def _run_parsed(argv, script=None) -> int:
-    from nnunet_scribble.cli import ArgumentParser
+    from nnunet_scribble.arguments import ArgumentParser
 
     parser = ArgumentParser(prog="nnunet-scribble")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), script)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble import volume as vol
 from nnunet_scribble.conversion import mixed as mix
 from nnunet_scribble.conversion.labels import LabelSpec
 from nnunet_scribble.conversion.output import check_replaceable, clean_leftovers, staged

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_scribble.conversion import mixed as mix
-from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble import volume as vol
 from nnunet_scribble.conversion.dataset import (Case, Outcome, Settings, Target, background_summary,
                                                 check_background, emit_warnings, format_problems, run_parallel,
                                                 write_dataset)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble import volume as vol
 from nnunet_scribble.conversion.dataset import Case, Settings, Target, write_dataset
 from nnunet_scribble.conversion.labels import LabelSpec
 from nnunet_scribble.conversion.splits import patient_of

@@ -21,7 +21,7 @@ import numpy as np
 from nnunet_scribble.conversion.dataset import Case, ConversionWarning, Settings, Target, write_dataset
 from nnunet_scribble.conversion.labels import PRESETS
 from nnunet_scribble.conversion.splits import patient_of
-from nnunet_scribble.conversion.volume import Volume
+from nnunet_scribble.volume import Volume
 from nnunet_scribble.errors import UserFacingError
 
 DEFAULT_SPACING = (10.0, 1.5, 1.5)  # z, y, x in mm: ACDC's typical spacing

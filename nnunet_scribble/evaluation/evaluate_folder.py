@@ -17,7 +17,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_scribble.conversion import volume as vol
+from nnunet_scribble import volume as vol
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.evaluation.metrics import label_metrics
 from nnunet_scribble.files import atomic_write_json
