@@ -11,15 +11,23 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from conftest import run_demo_cli
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.ext_trainers import TRAINERS_PATH
+from nnunet_scribble.geometry import half_window_offsets, window_radii
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
-                                                          samples_with_several_scribble_classes,
-                                                          symmetrized_window_attention, unlabeled_tokens, window_pairs)
-from nnunet_scribble.losses.crf import half_window_offsets, masked_gated_crf_loss, window_radii
+                                                          samples_with_several_scribble_classes, unlabeled_tokens,
+                                                          window_pairs)
+from nnunet_scribble.losses.crf import masked_gated_crf_loss
 from nnunet_scribble.networks.attention import (SpatialSelfAttention, StackedConvBlocksWithAttention,
                                                 attention_with_window, choose_attention_stage, find_attention_block)
 from nnunet_scribble.training.attenscribble import nnUNetTrainerAttenScribble, nnUNetTrainerAttenScribble_2epochs
 
 IGNORE = 4
+
+
+def symmetrized_window_attention(attention, idx_i, idx_j):
+    """``A_ij + A_ji`` of a dense ``(B, heads, N, N)`` attention for the given pairs: ``(B, heads, P)``."""
+    n = attention.shape[-1]
+    flat = attention.reshape(attention.shape[0], attention.shape[1], n * n)
+    return flat[:, :, idx_i * n + idx_j] + flat[:, :, idx_j * n + idx_i]
 
 
 # ---- masked gated CRF -------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from conversion_helpers import convert_folder_3d, make_folder_3d, nnunet_dirs, r
 from nnunet_scribble.conversion.output import MARKER
 from nnunet_scribble.conversion.shrink import ShrinkHook, shrink_scribbles
 from nnunet_scribble.conversion.simulate import (SimulateHook, border_line, case_rng, interior_line, pick_component,
-                                                 simulate_scribbles, slice_axis, thicken)
+                                                 simulate_scribbles, thicken)
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import through_plane_axis as slice_axis
 
 __all__ = ["nnunet_dirs"]
 EIGHT = np.ones((3, 3), bool)

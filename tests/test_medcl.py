@@ -12,7 +12,7 @@ from nnunet_scribble.losses.medcl import (anatomy_consistency_loss, assignment_l
                                           sample_class_subsets, sinkhorn, sinkhorn_plan)
 from nnunet_scribble.targets.medcl_mix import (downsample_like, inter_mix, intra_mix, intra_mix_scribbles,
                                                random_boxes, rotate, rotation_theta)
-from nnunet_scribble.training.medcl import rotation_plane
+from nnunet_scribble.geometry import rotation_plane
 
 from conftest import make_trainer, run_demo_cli
 

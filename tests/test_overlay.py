@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from nnunet_scribble.cli import main
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import display_slice_axis
 from nnunet_scribble.visualization import overlay
 
 IGNORE = 4
@@ -55,8 +56,8 @@ def test_slices_are_spread_over_those_with_foreground():
     assert overlay.choose_slices([only_background], 0, 3, 4) == [7]
     assert overlay.choose_slices([np.full((20, 4, 4), IGNORE)], 0, 3, 4) == [10]
     # the coarsest axis is cut (ACDC: 10 mm between slices, 1.5 mm in-plane)
-    assert overlay.slice_axis((10.0, 1.5, 1.5), (9, 200, 180)) == 0
-    assert overlay.slice_axis((1.0, 1.0, 3.0), (1, 40, 40)) == 2
+    assert display_slice_axis((10.0, 1.5, 1.5), (9, 200, 180)) == 0
+    assert display_slice_axis((1.0, 1.0, 3.0), (1, 40, 40)) == 2
 
 
 def test_scribbles_are_coloured_and_unlabeled_pixels_transparent():

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from nnunet_scribble.conversion.simulate import EIGHT, case_rng, per_slice, slice_axis
+from nnunet_scribble.conversion.strokes import EIGHT, case_rng
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import per_slice, through_plane_axis
 
 
 def shrink_scribbles(scribble: np.ndarray, ignore: int, ratio: float, rng: np.random.Generator,
@@ -87,5 +88,5 @@ class ShrinkHook:
     def __call__(self, case_id: str, scribble, dense, spacing_zyx):
         if scribble is None:
             return None
-        axis = slice_axis(spacing_zyx, scribble.ndim) if self.axis is None else self.axis
+        axis = through_plane_axis(spacing_zyx, scribble.ndim) if self.axis is None else self.axis
         return shrink_scribbles(scribble, self.ignore, self.ratio, case_rng(self.seed, case_id), axis)

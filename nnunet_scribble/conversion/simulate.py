@@ -15,39 +15,19 @@ seed and case id give the same scribbles, independent of process order.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from nnunet_scribble.conversion.shrink import shrink_scribbles
+from nnunet_scribble.conversion.strokes import EIGHT, case_rng
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import per_slice, through_plane_axis
 
-EIGHT = np.ones((3, 3), dtype=bool)
 # the eroded core that carries the border scribble keeps at least this share of the component's area;
 # thinner structures (myocardium, RV crescent) are eroded less than the drawn 2-5 voxels
 BORDER_KEEP = 0.25
-
-
-def case_rng(seed: int, case_id: str) -> np.random.Generator:
-    """A generator that depends only on ``seed`` and ``case_id``."""
-    return np.random.default_rng([int(seed), zlib.crc32(case_id.encode())])
-
-
-def slice_axis(spacing_zyx: tuple | None, ndim: int) -> int:
-    """Default slicing axis: the one with the largest spacing (through-plane), 0 when unknown or tied."""
-    if ndim == 2 or not spacing_zyx:
-        return 0
-    return int(np.argmax(np.asarray(spacing_zyx[-ndim:], dtype=float)))
-
-
-def per_slice(array: np.ndarray, axis: int, function) -> np.ndarray:
-    """Apply ``function(slice_2d, slice_index)`` to every 2D slice along ``axis`` (2D arrays: once)."""
-    if array.ndim == 2:
-        return function(array, 0)
-    moved = np.moveaxis(array, axis, 0)
-    return np.moveaxis(np.stack([function(s, i) for i, s in enumerate(moved)]), 0, axis)
-
 
 def simulate_scribbles(dense: np.ndarray, num_classes: int, rng: np.random.Generator, axis: int = 0,
                        width: int = 3, border_erosion: tuple[int, int] = (2, 5),
@@ -196,10 +176,8 @@ class SimulateHook:
         if dense is None:
             return None
         rng = case_rng(self.seed, case_id)
-        axis = slice_axis(spacing_zyx, dense.ndim) if self.axis is None else self.axis
+        axis = through_plane_axis(spacing_zyx, dense.ndim) if self.axis is None else self.axis
         out = simulate_scribbles(dense, self.num_classes, rng, axis, self.width)
         if self.shrink:
-            from nnunet_scribble.conversion.shrink import shrink_scribbles
-
             out = shrink_scribbles(out, self.num_classes, self.shrink, rng, axis)
         return out

@@ -18,36 +18,16 @@ classes present in the patch instead (:func:`samples_with_several_scribble_class
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_scribble.losses.crf import half_window_offsets, offset_distance_sq, window_radii
+from nnunet_scribble.geometry import window_pair_indices
 
-__all__ = ["window_pairs", "downsample_probabilities", "symmetrized_window_attention",
+__all__ = ["window_pairs", "downsample_probabilities",
            "attentive_similarity_loss", "samples_with_several_scribble_classes", "unlabeled_tokens"]
-
-
-@lru_cache(maxsize=32)
-def _window_pairs_np(grid_shape: tuple, radius: int, spacing: tuple | None):
-    grid = np.arange(int(np.prod(grid_shape))).reshape(grid_shape)
-    idx_i, idx_j, d2 = [], [], []
-    for offset in half_window_offsets(window_radii(radius, len(grid_shape), spacing)):
-        if any(abs(o) >= n for o, n in zip(offset, grid_shape)):
-            continue    # no pair: the window is wider than the grid on this axis (as in the masked CRF)
-        src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, grid_shape))
-        dst = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, grid_shape))
-        i = grid[src].ravel()
-        idx_i.append(i)
-        idx_j.append(grid[dst].ravel())
-        d2.append(np.full(i.size, offset_distance_sq(offset, spacing)))
-    if not idx_i:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0)
-    return np.concatenate(idx_i), np.concatenate(idx_j), np.concatenate(d2)
 
 
 @torch.compiler.disable
@@ -60,7 +40,7 @@ def window_pairs(grid_shape: Sequence[int], radius: int, spacing: Sequence[float
     Cached per grid; runs eagerly under ``torch.compile`` (constant index tensors).
     """
     spacing = None if spacing is None else tuple(float(s) for s in spacing)
-    i, j, d2 = _window_pairs_np(tuple(int(n) for n in grid_shape), int(radius), spacing)
+    i, j, d2 = window_pair_indices(tuple(int(n) for n in grid_shape), int(radius), spacing)
     return (torch.from_numpy(i).to(device), torch.from_numpy(j).to(device),
             torch.from_numpy(d2).to(device=device, dtype=torch.float32))
 
@@ -74,13 +54,6 @@ def downsample_probabilities(y: torch.Tensor, grid_shape: Sequence[int]) -> torc
     return F.interpolate(y, size=tuple(grid_shape), mode="area")
 
 
-def symmetrized_window_attention(attention: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor) -> torch.Tensor:
-    """``A_ij + A_ji`` for the given pairs: ``(B, heads, N, N)`` -> ``(B, heads, P)``."""
-    n = attention.shape[-1]
-    flat = attention.reshape(attention.shape[0], attention.shape[1], n * n)
-    return flat[:, :, idx_i * n + idx_j] + flat[:, :, idx_j * n + idx_i]
-
-
 def attentive_similarity_loss(window_attention: torch.Tensor, y: torch.Tensor, grid_shape: Sequence[int],
                               similarity: Callable[[torch.Tensor], torch.Tensor], radius: int = 5,
                               sigma: float = 6.0, spacing: Sequence[float] | None = None,
@@ -91,7 +64,7 @@ def attentive_similarity_loss(window_attention: torch.Tensor, y: torch.Tensor, g
     Args:
         window_attention: ``A_ij + A_ji`` for the pairs of ``window_pairs(grid_shape, radius, spacing)``,
             ``(B, heads, P)`` (what :class:`~nnunet_scribble.networks.attention.SpatialSelfAttention`
-            keeps in training; from a dense ``A`` use :func:`symmetrized_window_attention`).
+            keeps in training; from a dense ``A``: the flat entries ``i * N + j`` plus ``j * N + i``).
         y: softmax probabilities ``(B, C, *spatial)`` at any resolution (averaged down to the grid).
         grid_shape: the token grid (spatial shape of the attended feature map).
         similarity: the conv1x1 ``(B, heads, P) -> (B, 1, P)`` (e.g. ``nn.Conv1d(heads, 1, 1)``), whose

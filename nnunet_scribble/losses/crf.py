@@ -18,6 +18,8 @@ for the usual in-plane-isotropic data the in-plane kernel is exactly the paper's
 window is an L_inf box of ``r`` such units: along an axis with spacing ``s_a`` its radius is
 ``floor(r * s_min / s_a)`` voxels (e.g. ACDC 3d_fullres, 10 mm slices vs 1.5 mm pixels: the window
 stays in-plane; isotropic data: the full ``(2r+1)^D`` box). Without ``spacing`` voxels are unit cubes.
+The window geometry (radii, offsets, the skip of offsets wider than the patch) is in
+``nnunet_scribble.geometry``, shared with the attentive similarity loss.
 
 Cost: shifted windows, never an N x N matrix. One pass over the ``((2r+1)^D - 1) / 2`` offsets of a
 half window (each unordered pair once) accumulates ``G_i = sum_j w_ij y_j`` with
@@ -34,53 +36,13 @@ rank normalises its own batch and DDP averages the gradients.
 """
 from __future__ import annotations
 
-import itertools
-import math
 from typing import Sequence
 
 import torch
 
-__all__ = ["window_radii", "half_window_offsets", "offset_distance_sq", "masked_gated_crf_loss"]
+from nnunet_scribble.geometry import offset_distance_sq, pair_slices, window_offsets
 
-
-def window_radii(radius: int, ndim: int, spacing: Sequence[float] | None = None) -> tuple[int, ...]:
-    """Window radius per axis in voxels: ``floor(radius * min(spacing) / spacing_a)`` (``radius`` if no spacing)."""
-    if spacing is None:
-        return (int(radius),) * ndim
-    if len(spacing) != ndim:
-        raise ValueError(f"spacing {tuple(spacing)} does not have {ndim} entries")
-    s_min = min(float(s) for s in spacing)
-    return tuple(int(math.floor(radius * s_min / float(s) + 1e-6)) for s in spacing)
-
-
-def half_window_offsets(radii: Sequence[int]) -> list[tuple[int, ...]]:
-    """Offsets ``o != 0`` of the box ``|o_a| <= radii[a]`` whose first non-zero entry is positive.
-
-    Every unordered pair of voxels in the window appears once as ``(i, i + o)``.
-    """
-    out = []
-    for o in itertools.product(*[range(-r, r + 1) for r in radii]):
-        first = next((v for v in o if v != 0), 0)
-        if first > 0:
-            out.append(tuple(o))
-    return out
-
-
-def offset_distance_sq(offset: Sequence[int], spacing: Sequence[float] | None = None) -> float:
-    """``|d|^2`` of an offset in units of the finest spacing (voxel units without spacing)."""
-    if spacing is None:
-        return float(sum(v * v for v in offset))
-    s_min = min(float(s) for s in spacing)
-    return float(sum((v * float(s) / s_min) ** 2 for v, s in zip(offset, spacing)))
-
-
-def _pair_slices(offset: Sequence[int], shape: Sequence[int]):
-    """Slices (over batch, channel and spatial axes) of ``i`` and ``j = i + offset`` where both are inside."""
-    src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
-    for o, n in zip(offset, shape):
-        src.append(slice(max(0, -o), n - max(0, o)))
-        dst.append(slice(max(0, o), n - max(0, -o)))
-    return tuple(src), tuple(dst)
+__all__ = ["masked_gated_crf_loss"]
 
 
 def _accumulate(y: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, offsets, log_spatial,
@@ -101,10 +63,10 @@ def _accumulate(y: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, offset
         z = torch.cat([y, y * mask, torch.ones_like(mask)], dim=1)
     acc = torch.zeros_like(z)
     kbuf = torch.empty((image.shape[0], 1) + tuple(shape), dtype=image.dtype, device=image.device)
+    batch_channel = (slice(None), slice(None))
     for offset, log_s in zip(offsets, log_spatial):
-        if any(abs(o) >= n for o, n in zip(offset, shape)):
-            continue
-        si, sj = _pair_slices(offset, shape)
+        si, sj = pair_slices(offset, shape)
+        si, sj = batch_channel + si, batch_channel + sj
         k = kbuf[(slice(None), slice(None)) + tuple(slice(0, s.stop - s.start) for s in si[2:])]
         if image.shape[1] == 1:
             torch.sub(image[si], image[sj], out=k)
@@ -174,7 +136,7 @@ def masked_gated_crf_loss(y: torch.Tensor, image: torch.Tensor, unlabeled: torch
         raise ValueError(f"unlabeled mask {tuple(unlabeled.shape)} does not match prediction {tuple(y.shape)}")
     if sigma_xy <= 0 or sigma_intensity <= 0:
         raise ValueError("sigmas must be positive")
-    offsets = half_window_offsets(window_radii(radius, len(spatial), spacing))
+    offsets = window_offsets(radius, spatial, spacing)
     log_spatial = [-offset_distance_sq(o, spacing) / (2.0 * sigma_xy ** 2) for o in offsets]
     return _MaskedGatedCRF.apply(y, image, unlabeled, offsets, log_spatial, 1.0 / (2.0 * sigma_intensity ** 2),
                                  unlabeled_neighbours_only)

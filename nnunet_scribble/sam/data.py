@@ -21,6 +21,7 @@ import numpy as np
 from nnunet_scribble.crop_marks import crop_marks_as_background
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.files import atomic_write_json, locked
+from nnunet_scribble.geometry import through_plane_axis
 from nnunet_scribble.image_io import check_file
 
 
@@ -88,7 +89,7 @@ class PreprocessedDataset:
         self.dataset_class = infer_dataset_class(self.folder)
         spacing = list(self.configuration_manager.spacing)
         # nnU-Net's 2D configurations slice axis 0; 3D ones: the axis of the largest spacing (first on ties)
-        self.slice_axis = 0 if len(spacing) == 2 else int(np.argmax(spacing))
+        self.slice_axis = through_plane_axis(spacing)
 
     @property
     def identifiers(self) -> list[str]:

@@ -28,16 +28,11 @@ from tqdm import tqdm
 
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.files import locked
+from nnunet_scribble.geometry import anisotropic_slice_axis
 from nnunet_scribble.image_io import check_file
 from nnunet_scribble.targets.gc_region import gc_region
 
 INSIDE, OUTSIDE = 1, 2
-
-
-def slice_axis(spacing, anisotropy: float = 2.0) -> int | None:
-    """Axis of largest spacing if it is at least ``anisotropy`` times the smallest, else None."""
-    spacing = np.asarray(spacing, dtype=float)
-    return int(np.argmax(spacing)) if spacing.max() >= anisotropy * spacing.min() else None
 
 
 def raw_gc_map(scribble: np.ndarray, spacing, ignore_label: int, close_gaps: float,
@@ -46,7 +41,7 @@ def raw_gc_map(scribble: np.ndarray, spacing, ignore_label: int, close_gaps: flo
     if scribble.ndim == 3 and scribble.shape[0] == 1:  # a 2D image stored as one slice
         axis = 0
     else:
-        axis = slice_axis(spacing)
+        axis = anisotropic_slice_axis(spacing)
     region = gc_region(scribble, ignore_label=ignore_label, axis=axis, require_fg_inside=require_fg_inside,
                        close_gaps=close_gaps)
     return np.where(region, INSIDE, OUTSIDE).astype(np.int16)

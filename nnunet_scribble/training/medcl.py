@@ -55,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import rotation_plane   # the intra-mix rotates in-plane
 from nnunet_scribble.losses.medcl import (anatomy_consistency_loss, assignment_loss, category_loss,
                                           class_subset_maps, cluster_loss, mix_consistency_loss,
                                           sample_class_subsets)
@@ -66,14 +67,6 @@ from nnunet_scribble.training.maco import _split_batch
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 HEAD_KEY = "medcl_anatomy_head"
-
-
-def rotation_plane(spacing) -> tuple[int, int]:
-    """The two spatial axes rotated by the intra-mix: 2D both; 3D all but the lowest-resolution axis."""
-    if len(spacing) == 2:
-        return 0, 1
-    low = int(np.argmax(spacing)) if len(set(float(s) for s in spacing)) > 1 else 0
-    return tuple(a for a in range(3) if a != low)
 
 
 class nnUNetTrainerMedCL(nnUNetTrainerScribble):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.geometry import display_slice_axis
 
 # scribble colours: background, then one per foreground class (cycled); RGB in [0, 1]
 PALETTE = np.array([[1.00, 0.85, 0.10], [0.90, 0.15, 0.15], [0.15, 0.80, 0.25], [0.20, 0.45, 1.00],
@@ -88,12 +89,6 @@ class Dataset:
         except Exception as e:   # the readers raise anything from RuntimeError to OSError
             raise UserFacingError(f"{path}: cannot read it ({' '.join(str(e).split())[-200:]}).") from None
         return data[0], tuple(props["spacing"])
-
-
-def slice_axis(spacing: tuple, shape: tuple) -> int:
-    """The axis with the coarsest spacing (ties: the first), skipping axes of size 1 unless all are."""
-    candidates = [a for a in range(len(shape)) if shape[a] > 1] or [0]
-    return max(candidates, key=lambda a: (spacing[a], -a))
 
 
 def choose_slices(maps: list[np.ndarray], axis: int, n: int, num_classes: int) -> list[int]:
@@ -164,7 +159,7 @@ def case_panels(ds: Dataset, case: str, maps: dict[str, Path], n_slices: int
             raise UserFacingError(f"{path} has shape {arr.shape}, its image {image_file} {image.shape}: a label "
                                   "map must have its image's shape (is it a file of another case or geometry?).")
         arrays[title] = np.rint(arr).astype(np.int32)
-    axis = slice_axis(spacing, image.shape)
+    axis = display_slice_axis(spacing, image.shape)
     scribbles = [a for t, a in arrays.items() if t.startswith("scribbles")]
     slices = choose_slices(scribbles or list(arrays.values()) or [np.zeros(image.shape, np.int32)], axis,
                            n_slices, ds.num_classes)
