@@ -7,11 +7,29 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from nnunet_scribble.targets.cpl import cpl_cutoff_distance, cpl_targets, cpl_targets_batch
-from nnunet_scribble.targets.gc_region import gc_region, gc_region_batch
+from nnunet_scribble.targets.cpl import cpl_cutoff_distance, cpl_targets
+from nnunet_scribble.targets.gc_region import gc_region
 from nnunet_scribble.targets.mcm import apply_mcm, mcm_keep_mask, scribble_cubes
 
 IGN = 3  # ignore label for 3 classes (0 background, 1, 2)
+
+
+def _batched(function, scribbles, *args, **kwargs):
+    """``function`` on every ``(1, *spatial)`` map of a ``(B, 1, *spatial)`` numpy array or tensor, stacked."""
+    is_torch = not isinstance(scribbles, np.ndarray)
+    arr = scribbles.detach().cpu().numpy() if is_torch else scribbles
+    if arr.ndim < 3 or arr.shape[1] != 1:
+        raise ValueError(f"expected (B, 1, *spatial) scribble maps, got shape {arr.shape}")
+    out = np.stack([function(a[0], *args, **kwargs) for a in arr])
+    return torch.from_numpy(out).to(scribbles.device) if is_torch else out
+
+
+def cpl_targets_batch(scribbles, num_classes, **kwargs):
+    return _batched(cpl_targets, scribbles, num_classes, **kwargs)
+
+
+def gc_region_batch(scribbles, **kwargs):
+    return _batched(lambda a: gc_region(a, **kwargs)[None], scribbles)
 
 
 # ----------------------------------------------------------------------------------------- CPL

@@ -1,4 +1,12 @@
-"""Patient-grouped cross-validation splits in nnU-Net's ``splits_final.json`` format."""
+"""Patient-grouped cross-validation splits in nnU-Net's ``splits_final.json`` format.
+
+Not ``sklearn.model_selection.GroupKFold``: the folds are user-visible (written into
+``splits_final.json`` of every converted dataset, hence into every reported fold result) and
+GroupKFold deals different ones. Without shuffling it balances fold sizes greedily by cases per
+patient, with ``shuffle=True`` it cuts the permuted patients into contiguous blocks; here the
+permuted patients are dealt round-robin. Switching would silently re-split existing datasets on
+their next conversion (``tests/test_splits.py`` pins the folds).
+"""
 from __future__ import annotations
 
 import re

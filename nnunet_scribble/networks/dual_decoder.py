@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DualDecoderUNet", "feature_dropout", "build_dual_decoder_network",
@@ -39,19 +40,21 @@ __all__ = ["DualDecoderUNet", "feature_dropout", "build_dual_decoder_network",
 def feature_dropout(x: torch.Tensor, p: float, channelwise: bool = True, training: bool = True) -> torch.Tensor:
     """Dropout for N-D feature maps ``(B, C, *spatial)``; kept values are scaled by ``1/(1-p)``.
 
-    ``channelwise=True`` drops whole channels per sample (``dropout2d``/``dropout3d`` semantics for
-    any number of spatial dims), ``False`` drops single elements. Identity when not ``training`` or
-    ``p == 0``.
+    ``channelwise=True`` drops whole channels per sample (torch's ``dropout2d``/``dropout3d``; other
+    numbers of spatial dims go through ``dropout2d`` with the spatial axes flattened), ``False`` drops
+    single elements (``dropout``). Identity when not ``training`` or ``p == 0`` (no random draw).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if p == 1.0:
-        return torch.zeros_like(x)
-    shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2) if channelwise else x.shape
-    keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - p)
-    return x * keep.div_(1.0 - p)
+    if not channelwise:
+        return F.dropout(x, p, training=True)
+    if x.ndim == 4:
+        return F.dropout2d(x, p, training=True)
+    if x.ndim == 5:
+        return F.dropout3d(x, p, training=True)
+    return F.dropout2d(x.reshape(x.shape[0], x.shape[1], -1, 1), p, training=True).reshape(x.shape)
 
 
 def full_resolution(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -100,10 +103,6 @@ class DualDecoderUNet(nn.Module):
         """Training mode: ``(main, aux)``. Eval mode: the main output only (aux decoder not run)."""
         if self.training:
             return self.forward_both(x)
-        return self.decoder(self.encoder(x))
-
-    def forward_main(self, x: torch.Tensor) -> Any:
-        """The main decoder's output (the stock network's forward), in any mode."""
         return self.decoder(self.encoder(x))
 
     def forward_both(self, x: torch.Tensor) -> tuple[Any, Any]:

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-__all__ = ["cpl_targets", "cpl_targets_batch", "cpl_cutoff_distance"]
+__all__ = ["cpl_targets", "cpl_cutoff_distance"]
 
 
 def cpl_cutoff_distance(decay: float = 0.1, floor: float = 0.05) -> float:
@@ -102,22 +102,4 @@ def cpl_targets(scribble: np.ndarray, num_classes: int, decay: float = 0.1, floo
         mask = s == k
         if mask.any():
             _class_map(mask, decay, floor, spacing, out[k])
-    return out
-
-
-def cpl_targets_batch(scribbles, num_classes: int, decay: float = 0.1, floor: float = 0.05,
-                      spacing: Optional[Sequence[float]] = None, axis: Optional[int] = None):
-    """Batched :func:`cpl_targets` for ``(B, 1, *spatial)`` maps (numpy array or torch tensor).
-
-    ``axis`` refers to the spatial axes (0 = first spatial axis). Returns ``(B, C, *spatial)``
-    float32 of the same kind as the input (a torch tensor comes back on the input's device).
-    """
-    is_torch = not isinstance(scribbles, np.ndarray)
-    arr = scribbles.detach().cpu().numpy() if is_torch else scribbles
-    if arr.ndim < 3 or arr.shape[1] != 1:
-        raise ValueError(f"expected (B, 1, *spatial) scribble maps, got shape {arr.shape}")
-    out = np.stack([cpl_targets(a[0], num_classes, decay, floor, spacing, axis) for a in arr])
-    if is_torch:
-        import torch
-        return torch.from_numpy(out).to(scribbles.device)
     return out

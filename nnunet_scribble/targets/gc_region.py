@@ -31,40 +31,38 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt, generate_binary_structure, label
+from scipy.ndimage import binary_fill_holes, generate_binary_structure
+from skimage.morphology import isotropic_dilation, isotropic_erosion
 
-__all__ = ["gc_region", "gc_region_batch"]
+__all__ = ["gc_region"]
 
 
 def _enclosed(bg: np.ndarray, axis: Optional[int]) -> np.ndarray:
-    """Voxels of ``~bg`` in components that do not touch the border (per slice if ``axis``)."""
-    nd = bg.ndim
-    structure = generate_binary_structure(nd, 1)
-    border_axes = list(range(nd))
+    """Voxels of ``~bg`` not face-connected to the array border (per 2D slice if ``axis``): the holes of ``bg``.
+
+    ``binary_fill_holes`` with a structure that has no neighbours across ``axis`` treats each slice
+    on its own; the slices' own faces along ``axis`` are then no border.
+    """
+    structure = generate_binary_structure(bg.ndim, 1)
     if axis is not None:
-        keep = [slice(None)] * nd
-        keep[axis] = slice(1, 2)  # no connectivity across slices
-        s2 = np.zeros_like(structure)
-        s2[tuple(keep)] = structure[tuple(keep)]
-        structure = s2
-        border_axes.remove(axis)
-    lab, n = label(~bg, structure=structure)
-    if n == 0:
-        return np.zeros(bg.shape, dtype=bool)
-    touches = np.zeros(n + 1, dtype=bool)
-    for ax in border_axes:
-        for idx in (0, -1):
-            touches[np.take(lab, idx, axis=ax)] = True
-    touches[0] = True  # label 0 is the background scribble itself
-    return ~touches[lab]
+        across = [slice(None)] * bg.ndim
+        for side in (0, 2):
+            across[axis] = side
+            structure[tuple(across)] = False
+    return binary_fill_holes(bg, structure) & ~bg
 
 
 def _closing(bg: np.ndarray, radius: float, axis: Optional[int]) -> np.ndarray:
-    """Binary closing of ``bg`` with a Euclidean ball (a disc per slice when ``axis`` is set).
+    """Binary closing of ``bg`` with a Euclidean ball of ``radius`` voxels (a disc per slice when ``axis`` is set).
 
-    Computed inside the bounding box of ``bg`` grown by ``2*radius + 1``: the dilation cannot
-    reach farther, and every non-dilated voxel within ``radius`` of a dilated one lies inside it,
-    so the result equals the full-array closing (the array border is never a non-dilated voxel).
+    scikit-image's ``isotropic_closing`` (EDT-thresholded dilation then erosion; outside the array
+    counts as set, so the border never erodes), computed inside the bounding box of ``bg`` grown by
+    ``2*radius + 1``: the dilation cannot reach farther and every non-dilated voxel within
+    ``radius`` of a dilated one lies inside it, so this equals the closing of the whole array.
+    Identical to ``isotropic_closing`` only while the dilation leaves some voxel of the box unset
+    (it can cover the box only when the box is the whole array): scipy's EDT of an all-set array is
+    finite, so ``isotropic_closing`` would erode its far corners. A covered box stays set, as a
+    closing must; hence the two halves are called here with that condition between them.
     """
     if radius <= 0 or not bg.any():
         return bg
@@ -78,9 +76,9 @@ def _closing(bg: np.ndarray, radius: float, axis: Optional[int]) -> np.ndarray:
     nz = np.nonzero(bg)
     box = tuple(slice(max(int(i.min()) - m, 0), min(int(i.max()) + m + 1, n))
                 for i, n in zip(nz, bg.shape))
-    dil = distance_transform_edt(~bg[box]) <= radius
+    dilated = isotropic_dilation(bg[box], radius)
     out = bg.copy()
-    out[box] = dil if dil.all() else distance_transform_edt(dil) > radius
+    out[box] = dilated if dilated.all() else isotropic_erosion(dilated, radius)   # = isotropic_closing(bg[box])
     return out
 
 
@@ -120,24 +118,3 @@ def gc_region(scribble: np.ndarray, ignore_label: Optional[int] = None, backgrou
         # fg voxels swallowed by the closing are next to the loop, not evidence against it
         empty = empty | (fg & ~inside & ~bg_closed).any(axis=red, keepdims=True)
     return region | empty
-
-
-def gc_region_batch(scribbles, ignore_label: Optional[int] = None, background: int = 0,
-                    axis: Optional[int] = None, require_fg_inside: bool = False,
-                    close_gaps: float = 0.0):
-    """Batched :func:`gc_region` for ``(B, 1, *spatial)`` maps (numpy array or torch tensor).
-
-    ``axis`` refers to the spatial axes. Returns a bool ``(B, 1, *spatial)`` of the same kind as
-    the input (a torch tensor comes back on the input's device).
-    """
-    is_torch = not isinstance(scribbles, np.ndarray)
-    arr = scribbles.detach().cpu().numpy() if is_torch else scribbles
-    if arr.ndim < 3 or arr.shape[1] != 1:
-        raise ValueError(f"expected (B, 1, *spatial) scribble maps, got shape {arr.shape}")
-    out = np.stack([gc_region(a[0], ignore_label, background, axis, require_fg_inside,
-                              close_gaps)[None]
-                    for a in arr])
-    if is_torch:
-        import torch
-        return torch.from_numpy(out).to(scribbles.device)
-    return out
