@@ -196,26 +196,51 @@ class PreprocessedDataset:
         path = os.path.join(raw, "labelsTr_dense", case + self.dataset_json["file_ending"])
         return path if os.path.isfile(path) else None
 
-    def dense_labels(self, case: str, properties: dict, spatial_shape: tuple) -> Optional[np.ndarray]:
-        """Dense labels of a training case brought into the preprocessed geometry (transpose, crop, resample
-        like nnU-Net's preprocessor does for labels), as (n, H, W) slices; None if there are none."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+    def raw_images(self, case: str) -> list[str]:
+        """The raw image files (one per channel) of a training case, as nnU-Net's preprocessing finds them."""
+        import copy
 
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        if getattr(self, "_raw_files", None) is None:   # nnU-Net's listing edits the dict it is given
+            self._raw_files = get_filenames_of_train_images_and_targets(self.raw_folder(),
+                                                                        copy.deepcopy(self.dataset_json))
+        if case not in self._raw_files:
+            raise UserFacingError(f"{self.raw_folder()}: no raw images for preprocessed case {case}; rerun "
+                                  "nnUNetv2_plan_and_preprocess after changing the raw dataset.")
+        return list(self._raw_files[case]["images"])
+
+    def dense_labels(self, case: str, properties: Optional[dict] = None,
+                     spatial_shape: Optional[tuple] = None) -> Optional[np.ndarray]:
+        """Dense labels of a training case brought into the preprocessed geometry by nnU-Net's own preprocessor
+        (``run_case_npy`` with the raw images: transpose, crop to nonzero, resample), as (n, H, W) slices; None
+        if there are none. The preprocessor's -1 (background outside the nonzero crop mask) reads as background.
+        ``properties`` / ``spatial_shape`` of the preprocessed case, when given, must match (else the raw data
+        changed since preprocessing)."""
         path = self.dense_label_file(case)
         if path is None:
             return None
-        pm, cm = self.plans_manager, self.configuration_manager
         check_file(path)  # SimpleITK zero-fills truncated NIfTI files without an error
-        seg, _ = pm.image_reader_writer_class().read_seg(path)
-        seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
-        seg = seg[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))]
-        original_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
-        target_spacing = list(cm.spacing)
-        if len(target_spacing) < len(seg.shape[1:]):
-            target_spacing = [original_spacing[0]] + target_spacing
-        if tuple(seg.shape[1:]) != tuple(spatial_shape):
-            seg = cm.resampling_fn_seg(seg, spatial_shape, original_spacing, target_spacing)
-        return np.moveaxis(np.asarray(seg[0]).astype(np.int16), self.slice_axis, 0)
+        images = self.raw_images(case)
+        for f in images:
+            check_file(f, finite=False)  # NaN: nnU-Net's preprocessing read them as 0 as well
+        pm, cm = self.plans_manager, self.configuration_manager
+        rw = pm.image_reader_writer_class()
+        data, raw_properties = rw.read_images(images)
+        seg, _ = rw.read_seg(path)
+        preprocessor = cm.preprocessor_class(verbose=False)
+        _, seg, raw_properties = preprocessor.run_case_npy(data, seg, raw_properties, pm, cm, self.dataset_json)
+        seg = crop_marks_as_background(np.asarray(seg[0])).astype(np.int16)
+        same_shape = spatial_shape is None or tuple(seg.shape) == tuple(spatial_shape)
+        same_crop = properties is None or "bbox_used_for_cropping" not in properties or (
+            [list(b) for b in properties["bbox_used_for_cropping"]]
+            == [list(b) for b in raw_properties["bbox_used_for_cropping"]])
+        if not (same_shape and same_crop):
+            raise UserFacingError(
+                f"{path} and {images[0]}, preprocessed now, do not match the preprocessed case {case} in "
+                f"{self.folder} ({'crop' if same_shape else f'shape {seg.shape} vs {tuple(spatial_shape)}'}): the "
+                "raw dataset changed since preprocessing. Rerun nnUNetv2_plan_and_preprocess.")
+        return np.moveaxis(seg, self.slice_axis, 0)
 
     # ---- writing label maps ---------------------------------------------------------------------
     def label_file(self, folder: str, case: str) -> str:
