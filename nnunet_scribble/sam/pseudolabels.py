@@ -19,6 +19,12 @@ Everything is resumed: finished rounds are kept, a round's cases are written one
 fine-tuning checkpoints every epoch. Any change of backend, checkpoint, prompt/merge/fine-tuning
 parameters, training cases, scribbles or preprocessed images starts the fold over. Raising ``rounds``
 later continues from the last finished round. A file lock per fold folder serialises parallel jobs.
+
+Stages, in the order ``_run_locked`` calls them on a :class:`FoldRun` (each usable on its own):
+``encode_stage`` (stage A), ``prompt_stage`` (slices, scribbles, prompts), ``stage_identity`` +
+``open_manifest`` (invalidation), ``dense_reference`` (dense labels), ``merge_priority_stage``, then per round
+``finetune_round`` (r > 0), ``round_complete`` / ``pseudo_label_round``, ``round_dice`` and
+``write_round_overlays``.
 """
 from __future__ import annotations
 
@@ -29,11 +35,12 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.evaluation import metrics
 from nnunet_scribble.files import atomic_write_json, locked, require_writable
 from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, cache_folder_of, scale_slices
 from nnunet_scribble.sam.cost import finetune_note, fold_estimate
@@ -90,12 +97,13 @@ class StageBResult:
 
 
 def dice_per_case(pl: np.ndarray, gt: np.ndarray, classes) -> dict[int, float]:
+    """Dice (``metrics.dice``) per class of one label map against its reference; a class absent from both
+    gets no entry, so class means run over the cases that have the class."""
     out = {}
     for c in classes:
         p, g = pl == c, gt == c
-        denom = p.sum() + g.sum()
-        if denom:
-            out[c] = float(2 * np.logical_and(p, g).sum() / denom)
+        if p.any() or g.any():
+            out[c] = metrics.dice(p, g)
     return out
 
 
@@ -156,84 +164,180 @@ def run_pseudolabels(dataset: str | int, configuration: str, fold, backend: Opti
         return _run_locked(ds, sam, fold, train, val, config, folder, log, progress)
 
 
+@dataclass
+class FoldRun:
+    """What every stage of one fold's run works with: the dataset, the SAM backend, the fold's training cases,
+    the parameters, the fold folder (``fold_folder_of``) and the log."""
+    ds: PreprocessedDataset
+    sam: object
+    fold: object
+    train: list
+    config: StageBConfig
+    folder: str
+    log: Callable[[str], None]
+    progress: bool = True
+
+    @property
+    def manifest_file(self) -> str:
+        return os.path.join(self.folder, "stage_b.json")
+
+    def round_dir(self, r: int) -> str:
+        return os.path.join(self.folder, f"round_{r}")
+
+    @property
+    def foreground(self) -> list[int]:
+        return self.ds.classes[1:]
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Foreground class -> name (dataset.json)."""
+        return {c: n for n, c in self.ds.dataset_json["labels"].items()
+                if isinstance(c, int) and c in self.foreground}
+
+
+@dataclass
+class FoldPrompts:
+    """The fold's training cases as slices, the prompted slices, and the slices shown in overlays."""
+    cases: dict                       # case -> CaseSlices (images kept only for the overlay slices)
+    samples: list                     # SliceSample of every slice with foreground scribbles
+    overlay_samples: list
+
+    def by_case(self) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for s in self.samples:
+            out.setdefault(s.case, []).append(s)
+        return out
+
+
 def _run_locked(ds: PreprocessedDataset, sam, fold, train, val, config: StageBConfig, folder: str, log,
                 progress: bool) -> StageBResult:
-    from tqdm import tqdm
-
+    """The stages in order (the fold lock held): encode, prompts, manifest, dense labels, merge priority, rounds."""
     t_start = time.time()
+    run = FoldRun(ds, sam, fold, train, config, folder, log, progress)
     rules = config.prompts.for_backend(sam)
     log(f"[sam] {ds.name} {ds.configuration} fold {fold}: {len(train)} training case(s) (validation cases "
         f"{len(val)} are not used), backend {sam.name} ({sam.checkpoint}, sha256 {sam.checkpoint_sha256[:12]}), "
         f"prompts {rules.mode}, rounds 0..{config.rounds}")
+    cache, stats_a = encode_stage(run)
+    prompts = prompt_stage(run, rules)
+    manifest = open_manifest(run, stage_identity(run, cache, rules))
+    dense = dense_reference(run, prompts.cases)
+    embeddings = cache.load
+    pretrained = copy.deepcopy(sam.mask_decoder)
+    decoder = copy.deepcopy(pretrained)
+    timings = {"stage_a": stats_a, "rounds": {}}
+    priority = merge_priority_stage(run, manifest, pretrained, embeddings, prompts.samples)
+    for r in range(config.rounds + 1):
+        t_round = time.time()
+        if r > 0:
+            decoder = finetune_round(run, r, decoder, embeddings, prompts.samples, manifest)
+        if round_complete(run, manifest, r):
+            log(f"[sam] round {r}: pseudo-labels already complete ({run.round_dir(r)})")
+            continue
+        entry = pseudo_label_round(run, r, decoder, embeddings, prompts, priority)
+        if dense:
+            entry["dice"] = round_dice(run, r, dense)
+        write_round_overlays(run, r, prompts, dense)
+        manifest["rounds"][str(r)] = entry
+        atomic_write_json(run.manifest_file, manifest)
+        _write_dice_json(folder, manifest)
+        timings["rounds"][r] = time.time() - t_round
+    final = run.round_dir(config.rounds)
+    timings["total_seconds"] = time.time() - t_start
+    log(f"[sam] done in {timings['total_seconds']:.0f} s: final pseudo-labels in {final}")
+    return StageBResult(folder=final, fold_folder=folder, train_cases=train, val_cases=val,
+                        dice={int(k): v.get("dice") for k, v in manifest["rounds"].items()}, timings=timings,
+                        merge_priority=priority)
 
-    # ---- stage A -------------------------------------------------------------------------------
-    cache = EmbeddingCache(ds, sam, config.channel, config.percentiles)
+
+def encode_stage(run: FoldRun) -> tuple[EmbeddingCache, dict]:
+    """Stage A: the image embeddings of the training cases (cached, resumed); returns (cache, its statistics)."""
+    config, sam = run.config, run.sam
+    cache = EmbeddingCache(run.ds, sam, config.channel, config.percentiles)
     if not str(sam.device).startswith("cuda") and (estimate := fold_estimate(
-            ds, sam, cache, train, config.rounds, config.finetune.epochs, folder)):
-        log(estimate)
-    stats_a = cache.ensure(train, progress=progress, log=log)
+            run.ds, sam, cache, run.train, config.rounds, config.finetune.epochs, run.folder)):
+        run.log(estimate)
+    return cache, cache.ensure(run.train, progress=run.progress, log=run.log)
 
-    # ---- slices, scribbles, prompts ---------------------------------------------------------------
-    foreground = ds.classes[1:]
+
+def prompt_stage(run: FoldRun, rules: PromptRules) -> FoldPrompts:
+    """Slices, scribbles and prompts of the training cases; refuses a fold without foreground scribbles."""
+    ds = run.ds
     cases, samples = {}, []
-    for case in train:
-        cs = ds.load_case(case, config.channel)
+    for case in run.train:
+        cs = ds.load_case(case, run.config.channel)
         cases[case] = cs
         for z in range(len(cs.scribbles)):
-            prompts = slice_prompts(cs.scribbles[z], foreground, ds.num_classes, rules)
+            prompts = slice_prompts(cs.scribbles[z], run.foreground, ds.num_classes, rules)
             if prompts:
                 samples.append(SliceSample(case, z, cs.scribbles[z], prompts))
-    overlay_samples = _overlay_samples(samples, train, config.overlay_slices)
+    overlay_samples = _overlay_samples(samples, run.train, run.config.overlay_slices)
     for case, cs in cases.items():          # keep images in memory only for the overlay slices
         if case not in {s.case for s in overlay_samples}:
             cs.image = None
     n_labeled = sum(int(((cs.scribbles >= 0) & (cs.scribbles < ds.num_classes)).sum()) for cs in cases.values())
     if not samples or n_labeled == 0:
         raise UserFacingError(
-            f"The training cases of fold {fold} in {ds.folder} have no foreground scribbles (labels 1..{ds.num_classes - 1} "
+            f"The training cases of fold {run.fold} in {ds.folder} have no foreground scribbles (labels 1..{ds.num_classes - 1} "
             f"in <case>_seg.b2nd), so SAM has nothing to prompt. Check that labelsTr of the raw dataset holds the "
             f"scribbles (everything unannotated = ignore label {ds.ignore_label}) and rerun preprocessing.")
-    log(f"[sam] {len(samples)} slice(s) with foreground scribbles, "
-        f"{sum(len(s.prompts) for s in samples)} prompt set(s)")
+    run.log(f"[sam] {len(samples)} slice(s) with foreground scribbles, "
+            f"{sum(len(s.prompts) for s in samples)} prompt set(s)")
+    return FoldPrompts(cases, samples, overlay_samples)
 
-    # ---- manifest / invalidation ------------------------------------------------------------------
-    identity = {
-        "format": STAGE_B_FORMAT, "backend": sam.identity(), "cache_params": cache.params,
+
+def stage_identity(run: FoldRun, cache: EmbeddingCache, rules: PromptRules) -> dict:
+    """Everything the fold's outputs depend on; any change starts the fold over (``open_manifest``)."""
+    config, ds = run.config, run.ds
+    return {
+        "format": STAGE_B_FORMAT, "backend": run.sam.identity(), "cache_params": cache.params,
         "prompts": rules.to_dict(), "finetune": config.finetune.to_dict(),
         "merge_priority": list(config.merge_priority) if config.merge_priority else "auto",
-        "threshold": config.threshold, "train_cases": train,
-        "inputs": hashlib.sha256("".join(cache.fingerprint(c) + ds.scribble_fingerprint(c) for c in train)
+        "threshold": config.threshold, "train_cases": run.train,
+        "inputs": hashlib.sha256("".join(cache.fingerprint(c) + ds.scribble_fingerprint(c) for c in run.train)
                                  .encode()).hexdigest(),
     }
-    manifest_file = os.path.join(folder, "stage_b.json")
+
+
+def open_manifest(run: FoldRun, identity: dict) -> dict:
+    """The fold's manifest (``stage_b.json``) if it was made with ``identity``; else the fold's outputs are
+    deleted and a fresh manifest is written."""
+    manifest_file = run.manifest_file
     manifest = json.load(open(manifest_file)) if os.path.isfile(manifest_file) else None
     if manifest is None or manifest.get("identity") != identity:
         if manifest is not None:
-            log("[sam] stage B inputs or parameters changed since the last run: starting this fold over")
-        for name in os.listdir(folder):
+            run.log("[sam] stage B inputs or parameters changed since the last run: starting this fold over")
+        for name in os.listdir(run.folder):
             if name.startswith(("round_", "decoder_", "finetune_", "overlays", "dice")):
-                p = os.path.join(folder, name)
+                p = os.path.join(run.folder, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         manifest = {"identity": identity, "merge_priority_used": None, "rounds": {}, "finetune": {}}
         atomic_write_json(manifest_file, manifest)
+    return manifest
 
-    class_names = {c: n for n, c in ds.dataset_json["labels"].items() if isinstance(c, int) and c in foreground}
-    dense = {}
-    if any(ds.dense_label_file(c) for c in train):
+
+def dense_reference(run: FoldRun, cases: dict) -> dict:
+    """case -> (n, H, W) dense labels (``labelsTr_dense``) in the preprocessed geometry, for the cases that
+    have them; empty without any."""
+    ds, dense = run.ds, {}
+    if any(ds.dense_label_file(c) for c in run.train):
         for case, cs in cases.items():
             d = ds.dense_labels(case, cs.properties, cs.spatial_shape)
             if d is not None:
                 dense[case] = d
-        log(f"[sam] dense labels found for {len(dense)}/{len(train)} training case(s): pseudo-label Dice is logged")
+        run.log(f"[sam] dense labels found for {len(dense)}/{len(run.train)} training case(s): pseudo-label Dice "
+                "is logged")
     else:
-        log("[sam] no labelsTr_dense in the raw dataset: pseudo-label Dice is not computed")
+        run.log("[sam] no labelsTr_dense in the raw dataset: pseudo-label Dice is not computed")
+    return dense
 
-    embeddings = cache.load
-    pretrained = copy.deepcopy(sam.mask_decoder)
-    decoder = copy.deepcopy(pretrained)
-    timings = {"stage_a": stats_a, "rounds": {}}
 
-    # ---- merge priority (fixed for all rounds) -----------------------------------------------------
+def merge_priority_stage(run: FoldRun, manifest: dict, pretrained, embeddings, samples: list) -> list[int]:
+    """The class order for overlapping masks, fixed for all rounds: ``config.merge_priority``, else the one
+    recorded in the manifest, else by increasing mean round-0 mask area. Recorded in the manifest."""
+    from tqdm import tqdm
+
+    config, ds, foreground = run.config, run.ds, run.foreground
     if config.merge_priority:
         unknown = sorted(set(config.merge_priority) ^ set(foreground))
         if unknown:
@@ -244,70 +348,64 @@ def _run_locked(ds: PreprocessedDataset, sam, fold, train, val, config: StageBCo
         priority = manifest["merge_priority_used"]
     else:
         areas: dict[int, list] = {}
-        for s in tqdm(samples, desc="SAM round 0 mask areas", unit="slice", disable=not progress, leave=False):
-            probs = predict_probs(pretrained, sam, embeddings, s)
+        for s in tqdm(samples, desc="SAM round 0 mask areas", unit="slice", disable=not run.progress, leave=False):
+            probs = predict_probs(pretrained, run.sam, embeddings, s)
             for c, p in zip(s.classes, probs):
                 areas.setdefault(c, []).append(float((p > config.threshold).sum()))
         mean_areas = {c: float(np.mean(v)) for c, v in areas.items()}
         priority = priority_by_area(mean_areas, foreground)
-        log("[sam] merge priority (smaller mean round-0 mask area wins overlaps): "
-            + " > ".join(f"{class_names.get(c, c)} ({mean_areas.get(c, 0):.0f} px)" for c in priority))
+        class_names = run.class_names
+        run.log("[sam] merge priority (smaller mean round-0 mask area wins overlaps): "
+                + " > ".join(f"{class_names.get(c, c)} ({mean_areas.get(c, 0):.0f} px)" for c in priority))
     manifest["merge_priority_used"] = priority
-    atomic_write_json(manifest_file, manifest)
-
-    by_case: dict[str, list] = {}
-    for s in samples:
-        by_case.setdefault(s.case, []).append(s)
-
-    for r in range(config.rounds + 1):
-        t_round = time.time()
-        round_dir = os.path.join(folder, f"round_{r}")
-        done = manifest["rounds"].get(str(r), {}).get("complete", False)
-        if r > 0:
-            decoder = _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config, manifest,
-                                         manifest_file, log, progress)
-        if done and all(os.path.isfile(ds.label_file(round_dir, c)) for c in train):
-            log(f"[sam] round {r}: pseudo-labels already complete ({round_dir})")
-            continue
-        os.makedirs(round_dir, exist_ok=True)
-        t_pl_start = time.time()
-        todo = [c for c in train if not os.path.isfile(ds.label_file(round_dir, c))]
-        bar = tqdm(todo, desc=f"SAM pseudo-labels round {r}", unit="case", disable=not progress)
-        for case in bar:
-            pl = pseudo_label_case(cases[case], by_case.get(case, []), decoder, sam, embeddings, priority,
-                                   ds.num_classes, ds.ignore_label, config.threshold)
-            ds.write_label_map(round_dir, case, pl)
-        t_pl = time.time() - t_pl_start
-        entry = {"complete": True, "folder": round_dir, "seconds_pseudolabels": t_pl}
-        if dense:
-            per_case = {c: dice_per_case(ds.read_label_map(round_dir, c), dense[c], foreground) for c in dense}
-            entry["dice"] = summarise_dice(per_case, class_names)
-            pc = entry["dice"]["per_class"]
-            log(f"[sam] round {r}: pseudo-label Dice vs dense labels: mean {entry['dice']['mean']:.3f} ("
-                + ", ".join(f"{k} {v:.3f}" for k, v in pc.items() if v is not None) + ")")
-        _write_overlays(ds, cases, overlay_samples, round_dir, r, folder, dense, class_names)
-        manifest["rounds"][str(r)] = entry
-        atomic_write_json(manifest_file, manifest)
-        _write_dice_json(folder, manifest)
-        timings["rounds"][r] = time.time() - t_round
-    final = os.path.join(folder, f"round_{config.rounds}")
-    timings["total_seconds"] = time.time() - t_start
-    log(f"[sam] done in {timings['total_seconds']:.0f} s: final pseudo-labels in {final}")
-    return StageBResult(folder=final, fold_folder=folder, train_cases=train, val_cases=val,
-                        dice={int(k): v.get("dice") for k, v in manifest["rounds"].items()}, timings=timings,
-                        merge_priority=priority)
+    atomic_write_json(run.manifest_file, manifest)
+    return priority
 
 
-def _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config, manifest, manifest_file, log,
-                       progress):
-    """The decoder of round r: loaded if fine-tuned before, else fine-tuned on PL_{r-1} now."""
+def round_complete(run: FoldRun, manifest: dict, r: int) -> bool:
+    """Round r is recorded complete and every training case's pseudo-label file exists."""
+    round_dir = run.round_dir(r)
+    return (manifest["rounds"].get(str(r), {}).get("complete", False)
+            and all(os.path.isfile(run.ds.label_file(round_dir, c)) for c in run.train))
+
+
+def pseudo_label_round(run: FoldRun, r: int, decoder, embeddings, prompts: FoldPrompts, priority: list) -> dict:
+    """Writes the round's missing pseudo-label files (one atomic file per case); returns its manifest entry."""
+    from tqdm import tqdm
+
+    ds, round_dir = run.ds, run.round_dir(r)
+    os.makedirs(round_dir, exist_ok=True)
+    t_pl_start = time.time()
+    by_case = prompts.by_case()
+    todo = [c for c in run.train if not os.path.isfile(ds.label_file(round_dir, c))]
+    for case in tqdm(todo, desc=f"SAM pseudo-labels round {r}", unit="case", disable=not run.progress):
+        pl = pseudo_label_case(prompts.cases[case], by_case.get(case, []), decoder, run.sam, embeddings, priority,
+                               ds.num_classes, ds.ignore_label, run.config.threshold)
+        ds.write_label_map(round_dir, case, pl)
+    return {"complete": True, "folder": round_dir, "seconds_pseudolabels": time.time() - t_pl_start}
+
+
+def round_dice(run: FoldRun, r: int, dense: dict) -> dict:
+    """Dice of round r's pseudo-labels against the dense labels (``summarise_dice``), logged."""
+    round_dir = run.round_dir(r)
+    per_case = {c: dice_per_case(run.ds.read_label_map(round_dir, c), dense[c], run.foreground) for c in dense}
+    summary = summarise_dice(per_case, run.class_names)
+    run.log(f"[sam] round {r}: pseudo-label Dice vs dense labels: mean {summary['mean']:.3f} ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class"].items() if v is not None) + ")")
+    return summary
+
+
+def finetune_round(run: FoldRun, r: int, decoder, embeddings, samples: list, manifest: dict):
+    """The decoder of round r: loaded if fine-tuned before, else fine-tuned now (from round r-1's decoder) on
+    PL_{r-1}, checkpointed every epoch, saved atomically and recorded in the manifest."""
     import torch
 
+    ds, sam, config, folder, log = run.ds, run.sam, run.config, run.folder, run.log
     decoder_file = os.path.join(folder, f"decoder_round_{r}.pth")
     if os.path.isfile(decoder_file):
         decoder.load_state_dict(torch.load(decoder_file, map_location="cpu", weights_only=True))
         return decoder
-    prev_dir = os.path.join(folder, f"round_{r - 1}")
+    prev_dir = run.round_dir(r - 1)
     targets = {}
     volumes = {}
     for s in samples:
@@ -319,7 +417,7 @@ def _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config,
         + ("" if str(sam.device).startswith("cuda") else f"; {finetune_note(len(samples), config.finetune.epochs)}"))
     state_file = os.path.join(folder, f"finetune_round_{r}.state.pth")
     stats = finetune_decoder(decoder, sam, embeddings, samples, targets, ds.num_classes, config.finetune,
-                             state_file=state_file, progress=progress, log=log)
+                             state_file=state_file, progress=run.progress, log=log)
     tmp = f"{decoder_file}.tmp{os.getpid()}"
     torch.save(decoder.state_dict(), tmp)
     os.replace(tmp, decoder_file)
@@ -328,7 +426,7 @@ def _decoder_for_round(r, decoder, ds, sam, embeddings, samples, folder, config,
     manifest["finetune"][str(r)] = {"epoch_losses": stats["epoch_losses"], "seconds": stats["seconds"],
                                     "seconds_per_epoch": stats["seconds"] / max(1, config.finetune.epochs -
                                                                                 stats["resumed_from_epoch"])}
-    atomic_write_json(manifest_file, manifest)
+    atomic_write_json(run.manifest_file, manifest)
     return decoder
 
 
@@ -363,14 +461,16 @@ def _overlay_samples(samples, train, n):
     return picked
 
 
-def _write_overlays(ds, cases, overlay_samples, round_dir, r, folder, dense, class_names):
+def write_round_overlays(run: FoldRun, r: int, prompts: FoldPrompts, dense: dict) -> None:
+    """``overlays/round_<r>/<case>_slice<z>.png`` for the overlay slices (with per-slice Dice when dense)."""
     from nnunet_scribble.sam.overlays import write_overlay
 
+    ds, round_dir, class_names = run.ds, run.round_dir(r), run.class_names
     volumes = {}
-    for s in overlay_samples:
+    for s in prompts.overlay_samples:
         if s.case not in volumes:
             volumes[s.case] = ds.read_label_map(round_dir, s.case)
-        cs = cases[s.case]
+        cs = prompts.cases[s.case]
         image = scale_slices(cs.image[s.index:s.index + 1])[0]
         pl = volumes[s.case][s.index]
         d = dense[s.case][s.index] if s.case in dense else None
@@ -378,8 +478,8 @@ def _write_overlays(ds, cases, overlay_samples, round_dir, r, folder, dense, cla
         if d is not None:
             dice = dice_per_case(pl, d, s.classes)
             title += "  Dice " + ", ".join(f"{class_names.get(c, c)} {v:.2f}" for c, v in dice.items())
-        write_overlay(os.path.join(folder, "overlays", f"round_{r}", f"{s.case}_slice{s.index:03d}.png"), image,
-                      s.scribble, s.prompts, pl, ds.num_classes, title, d,
+        write_overlay(os.path.join(run.folder, "overlays", f"round_{r}", f"{s.case}_slice{s.index:03d}.png"),
+                      image, s.scribble, s.prompts, pl, ds.num_classes, title, d,
                       {"background": 0, **{n: c for c, n in class_names.items()}})
 
 
