@@ -12,8 +12,10 @@ image segmentation" (the UNet variant). Loss, on nnU-Net's augmented batch ``x``
 - Anatomy codes: the ``C`` class maps of ``y'`` and one derived subset map ``u_k = sum_{i in Omega_k} y'_i``
   per ``k = 2 .. m`` foreground classes (a random subset per iteration) go through
   :class:`~nnunet_scribble.networks.anatomy_head.AnatomyHead` (pool to a fixed grid, MLP -> 1024 -> d=128
-  prototype scores). ``L_sk = -mean(q log p)``, ``q = sinkhorn(scores)`` (eps 0.05, 3 iterations, over all
-  maps of the batch), ``p = softmax(scores / w)``, w = 0.1 (eqs. 2-3, appendix pseudo-code).
+  prototype scores: cosines of the L2-normalised map embedding and prototypes, as SwAV). ``L_sk = -mean_maps
+  sum_d q log p`` (SwAV's normalisation; the pseudo-code's mean over all entries is
+  ``assignment_per_sample_sum = False``), ``q = sinkhorn(scores)`` (eps 0.05, 3 iterations, over all maps of
+  the batch), ``p = softmax(scores / w)``, w = 0.1 (eqs. 2-3, appendix pseudo-code).
 - ``L_cluster`` (eq. 4, cosine, tau = 1) on the class codes; ``L_ac`` (eq. 5) between each subset map's
   code centre and the sum of its classes' centres (the segmentation half of eq. 5 is zero by
   construction and not computed). Codes = ``p`` (``code_source = "assignments"``; ``"scores"`` uses the
