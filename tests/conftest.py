@@ -144,6 +144,49 @@ def tiny_copy(tiny_dataset, tmp_path, monkeypatch):
     return tmp_path, name
 
 
+# nnUNetv2_train's entry point with the official vit_b meaning the tiny test SAM (no real SAM weights here)
+_TRAIN_WITH_TINY_SAM = ("import sys; from nnunet_scribble.sam.backends import OFFICIAL_SPECS; "
+                        "from nnunet_scribble.sam.testing import TINY_SPEC; OFFICIAL_SPECS['vit_b'] = TINY_SPEC; "
+                        "from nnunet_scribble.sam.pseudolabels import ENV_EPOCHS, ENV_ROUNDS; import os; "
+                        "os.environ.setdefault(ENV_ROUNDS, '1'); os.environ.setdefault(ENV_EPOCHS, '1'); "
+                        "from nnunetv2.run.run_training import run_training_entry; "
+                        "sys.argv[0] = 'nnUNetv2_train'; run_training_entry()")
+
+
+def run_checked(cmd, env) -> "subprocess.CompletedProcess":
+    """Run ``cmd``; fail the test with the command and the end of its output unless it succeeds."""
+    proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, " ".join(map(str, cmd)) + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def train_through_cli(env: dict, dataset_id: int, configuration: str, trainer: str, tmp_path: Path,
+                      fold: str = "0") -> Path:
+    """``nnUNetv2_train`` in a child process (SAM-SP trainers: with the tiny test SAM, 1 round, 1 decoder
+    epoch); returns the fold's output folder, which holds ``checkpoint_final.pth``."""
+    from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
+    from nnunet_scribble.sam.testing import write_tiny_sam
+
+    args = [dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu"]
+    if "SAMSP" in trainer:
+        env = {**env, ENV_BACKEND: "vit_b", ENV_CHECKPOINT: write_tiny_sam(str(tmp_path / "tiny_vit_b.pth"))}
+        run_checked([sys.executable, "-c", _TRAIN_WITH_TINY_SAM, *args], env)
+    else:
+        run_checked([console_script("nnUNetv2_train"), *args], env)
+    dataset = next(Path(env["nnUNet_results"]).glob(f"Dataset{int(dataset_id):03d}_*"))
+    folder = dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+    assert (folder / "checkpoint_final.pth").is_file(), folder
+    return folder
+
+
+def predict_through_cli(env: dict, dataset_id: int, configuration: str, trainer: str, images: Path, out: Path,
+                        fold: str = "0") -> Path:
+    """``nnUNetv2_predict`` (no TTA, one process) of ``images`` into ``out``; returns ``out``."""
+    run_checked([console_script("nnUNetv2_predict"), "-i", images, "-o", out, "-d", dataset_id, "-c", configuration,
+                 "-f", fold, "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    return out
+
+
 def run_demo_cli(out: Path, trainer: str, unset_env=()) -> "subprocess.CompletedProcess":
     """``nnunet-scribble demo`` with TRAINER on 6 training / 2 test cases on the CPU, in a child process,
     writing to ``out``; fails the test (showing the output) unless it succeeds."""
