@@ -14,7 +14,8 @@ Slice-axis rules (three distinct rules, each used where its behaviour is wanted)
 Window geometry (masked CRF ``losses.crf`` and attentive similarity ``losses.attentive_similarity``):
 an L_inf box of ``radius`` units of the finest spacing (:func:`window_radii`), each unordered voxel
 pair once (:func:`window_offsets`), offsets as wide as the grid dropped there (they have no pair).
-Pure numpy: no torch import.
+Pure numpy at import (``window_pairs``, the tensor form the attention block and its loss share, imports
+torch when called).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 
 __all__ = ["through_plane_axis", "anisotropic_slice_axis", "display_slice_axis", "rotation_plane", "per_slice",
            "window_radii", "half_window_offsets", "window_offsets", "offset_distance_sq", "pair_slices",
-           "window_pair_indices"]
+           "window_pair_indices", "window_pairs"]
 
 
 # ---- slice axes -----------------------------------------------------------------------------------
@@ -140,3 +141,16 @@ def window_pair_indices(grid_shape: tuple[int, ...], radius: int,
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
     return np.concatenate(idx_i), np.concatenate(idx_j), np.concatenate(d2)
+
+
+def window_pairs(grid_shape: Sequence[int], radius: int, spacing: Sequence[float] | None = None, device="cpu"):
+    """:func:`window_pair_indices` as tensors on ``device``: ``(idx_i, idx_j)`` int64 and ``|d|^2`` float32.
+
+    Used by the AttenScribble attention block (which gathers its window attention at these pairs) and by its
+    loss (which reads them back), so both always agree. Cached per grid; constant under ``torch.compile``."""
+    import torch
+
+    spacing = None if spacing is None else tuple(float(s) for s in spacing)
+    i, j, d2 = window_pair_indices(tuple(int(n) for n in grid_shape), int(radius), spacing)
+    return (torch.from_numpy(i).to(device), torch.from_numpy(j).to(device),
+            torch.from_numpy(d2).to(device=device, dtype=torch.float32))

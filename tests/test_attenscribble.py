@@ -11,10 +11,9 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from conftest import run_demo_cli
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.ext_trainers import TRAINERS_PATH
-from nnunet_scribble.geometry import half_window_offsets, window_radii
+from nnunet_scribble.geometry import half_window_offsets, window_pairs, window_radii
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
-                                                          samples_with_several_scribble_classes, unlabeled_tokens,
-                                                          window_pairs)
+                                                          samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
 from nnunet_scribble.networks.attention import (SpatialSelfAttention, StackedConvBlocksWithAttention,
                                                 attention_with_window, choose_attention_stage, find_attention_block)

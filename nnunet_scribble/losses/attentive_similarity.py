@@ -8,8 +8,8 @@
 
 ``n_b`` = number of tokens (``unlabeled=None``, the official code) or ``|U|`` of the sample (the
 paper's eq. 6, which also restricts ``p, q`` to ``U``). The loss only sees the ``O(N x window)`` values
-``A_pq + A_qp`` of the window pairs (:func:`window_pairs`), which the attention block gathers while it
-computes ``A`` (the ``O(N^2)`` matrix belongs to the network). Gradients reach ``A`` (hence Q and K),
+``A_pq + A_qp`` of the window pairs (:func:`nnunet_scribble.geometry.window_pairs`), which the attention
+block gathers while it computes ``A`` (the ``O(N^2)`` matrix belongs to the network). Gradients reach ``A`` (hence Q and K),
 the conv1x1 and ``y``.
 
 Samples whose patch holds scribbles of fewer than two classes are left out (``valid``): the official
@@ -24,27 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_scribble.geometry import window_pair_indices
+from nnunet_scribble.geometry import window_pairs
 
-__all__ = ["window_pairs", "downsample_probabilities",
+__all__ = ["downsample_probabilities",
            "attentive_similarity_loss", "samples_with_several_scribble_classes", "unlabeled_tokens"]
 
 
 @torch.compiler.disable
-def window_pairs(grid_shape: Sequence[int], radius: int, spacing: Sequence[float] | None = None,
-                 device: torch.device | str = "cpu"):
-    """Unordered token pairs ``(i, j)`` with ``0 < |i - j|_inf <= r`` (flat indices) and their ``|d|^2``.
-
-    Distances and window use the same spacing convention as the masked CRF (units of the finest
-    spacing). Each unordered pair appears once; the loss counts it twice (``p, q`` and ``q, p``).
-    Cached per grid; runs eagerly under ``torch.compile`` (constant index tensors).
-    """
-    spacing = None if spacing is None else tuple(float(s) for s in spacing)
-    i, j, d2 = window_pair_indices(tuple(int(n) for n in grid_shape), int(radius), spacing)
-    return (torch.from_numpy(i).to(device), torch.from_numpy(j).to(device),
-            torch.from_numpy(d2).to(device=device, dtype=torch.float32))
-
-
 def downsample_probabilities(y: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
     """``y~``: probabilities ``(B, C, *spatial)`` averaged over each token's voxels (area interpolation)."""
     if tuple(y.shape[2:]) == tuple(grid_shape):

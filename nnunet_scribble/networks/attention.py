@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.losses.attentive_similarity import window_pairs
+from nnunet_scribble.geometry import window_pairs
 
 __all__ = ["SpatialSelfAttention", "attention_with_window", "StackedConvBlocksWithAttention",
            "StackedResidualBlocksWithAttention",
