@@ -12,8 +12,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from conftest import run_demo_cli
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
-from nnunet_scribble.networks.dual_decoder import (DualDecoderUNet, build_dual_decoder_network, feature_dropout,
-                                                   full_resolution)
+from nnunet_scribble.networks.dual_decoder import DualDecoderUNet, build_dual_decoder_network, feature_dropout
+from nnunet_scribble.networks.outputs import full_resolution
 
 UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DualDecoderUNet", "feature_dropout", "build_dual_decoder_network",
-           "build_dual_decoder_network_from_plans", "full_resolution"]
+           "build_dual_decoder_network_from_plans"]
 
 
 def feature_dropout(x: torch.Tensor, p: float, channelwise: bool = True, training: bool = True) -> torch.Tensor:
@@ -55,11 +55,6 @@ def feature_dropout(x: torch.Tensor, p: float, channelwise: bool = True, trainin
     if x.ndim == 5:
         return F.dropout3d(x, p, training=True)
     return F.dropout2d(x.reshape(x.shape[0], x.shape[1], -1, 1), p, training=True).reshape(x.shape)
-
-
-def full_resolution(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """The full-resolution output of a network: ``output[0]`` under deep supervision, else ``output``."""
-    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 class DualDecoderUNet(nn.Module):

@@ -54,8 +54,8 @@ import torch
 from torch._dynamo import OptimizedModule
 
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
-from nnunet_scribble.networks.dual_decoder import (DualDecoderUNet, build_dual_decoder_network_from_plans,
-                                                   full_resolution)
+from nnunet_scribble.networks.dual_decoder import DualDecoderUNet, build_dual_decoder_network_from_plans
+from nnunet_scribble.networks.outputs import full_resolution
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 

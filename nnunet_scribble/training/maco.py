@@ -37,19 +37,10 @@ from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import Dow
 from nnunet_scribble.losses.maco import context_consistency_loss, cpl_loss, enhanced_prediction_loss
 from nnunet_scribble.targets.cpl_transform import AppendCPLTransform
 from nnunet_scribble.targets.gc_maps import INSIDE, build_gc_maps
+from nnunet_scribble.networks.outputs import full_resolution, split_batch
 from nnunet_scribble.targets.mcm import apply_mcm, mcm_keep_mask
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
-
-
-def _full_resolution(x):
-    return x[0] if isinstance(x, (list, tuple)) else x
-
-
-def _split_batch(output, b: int):
-    if isinstance(output, (list, tuple)):
-        return [o[:b] for o in output], [o[b:] for o in output]
-    return output[:b], output[b:]
 
 
 class nnUNetTrainerMaCo(nnUNetTrainerScribble):
@@ -106,23 +97,23 @@ class nnUNetTrainerMaCo(nnUNetTrainerScribble):
         n_in = self.num_input_channels
         x, cpl = data[:, :n_in], data[:, n_in:]
         b = x.shape[0]
-        scribble = _full_resolution(scribbles)
+        scribble = full_resolution(scribbles)
         use_masked = self.weight_masked > 0 or self.weight_cc > 0
         if use_masked:
             keep = mcm_keep_mask(scribble, self.label_manager.num_segmentation_heads, self.mcm_patch_size,
                                  self.mcm_ratio, self.mcm_scribble_weight)
-            output, output_m = _split_batch(self.network(torch.cat([x, apply_mcm(x, keep)])), b)
+            output, output_m = split_batch(self.network(torch.cat([x, apply_mcm(x, keep)])), b)
         else:
             output, output_m = self.network(x), None
         terms = {"partial": self.loss(output, scribbles)}
-        y = torch.softmax(_full_resolution(output).float(), 1)
+        y = torch.softmax(full_resolution(output).float(), 1)
         if self.weight_masked > 0:
             terms["partial_masked"] = self.weight_masked * self.loss(output_m, scribbles)
         if self.weight_cc > 0:
-            y_m = torch.softmax(_full_resolution(output_m).float(), 1)
+            y_m = torch.softmax(full_resolution(output_m).float(), 1)
             terms["context_consistency"] = self.weight_cc * context_consistency_loss(y_m, y)
         if self.weight_ep > 0:
-            gc = _full_resolution(extras)[:, :1] == INSIDE
+            gc = full_resolution(extras)[:, :1] == INSIDE
             terms["enhanced_prediction"] = self.weight_ep * enhanced_prediction_loss(y, gc)
         if self.weight_cpl > 0:
             terms["cpl"] = self.weight_cpl * cpl_loss(y, cpl)

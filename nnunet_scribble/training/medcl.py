@@ -62,10 +62,9 @@ from nnunet_scribble.losses.medcl import (anatomy_consistency_loss, assignment_l
                                           class_subset_maps, cluster_loss, mix_consistency_loss,
                                           sample_class_subsets)
 from nnunet_scribble.networks.anatomy_head import AnatomyHead
-from nnunet_scribble.networks.dual_decoder import full_resolution
+from nnunet_scribble.networks.outputs import full_resolution, split_batch
 from nnunet_scribble.targets.medcl_mix import downsample_like, inter_mix, intra_mix
 from nnunet_scribble.training.budget_variants import add_budget_variants
-from nnunet_scribble.training.maco import _split_batch
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
 HEAD_KEY = "medcl_anatomy_head"
@@ -184,7 +183,7 @@ class nnUNetTrainerMedCL(nnUNetTrainerScribble):
                                   rotation_plane(self.configuration_manager.spacing), self.rotation_degrees,
                                   self.box_fraction, self.mix_beta, self.mix_rng)
             x12, beta = inter_mix(x1, self.mix_beta, self.mix_rng)
-            output, output_mix = _split_batch(self.network(torch.cat([x1, x12])), b)
+            output, output_mix = split_batch(self.network(torch.cat([x1, x12])), b)
             targets = downsample_like(s1, ds_targets) if isinstance(scribbles, list) else s1
         else:
             output, output_mix, targets = self.network(data), None, scribbles

@@ -47,7 +47,7 @@ import time
 
 import torch
 
-from nnunet_scribble.networks.dual_decoder import full_resolution
+from nnunet_scribble.networks.outputs import full_resolution
 from nnunet_scribble.files import atomic_write_json
 from nnunet_scribble.sam.decoder import FinetuneConfig
 from nnunet_scribble.sam.pseudolabels import (DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS, StageBConfig,
