@@ -28,7 +28,7 @@ import numpy as np
 
 __all__ = ["through_plane_axis", "anisotropic_slice_axis", "display_slice_axis", "rotation_plane", "per_slice",
            "window_radii", "half_window_offsets", "window_offsets", "offset_distance_sq", "pair_slices",
-           "window_pair_indices", "window_pairs"]
+           "window_pair_indices", "window_pairs", "cumulative_strides", "stage_token_grids", "stage_spacing"]
 
 
 # ---- slice axes -----------------------------------------------------------------------------------
@@ -154,3 +154,30 @@ def window_pairs(grid_shape: Sequence[int], radius: int, spacing: Sequence[float
     i, j, d2 = window_pair_indices(tuple(int(n) for n in grid_shape), int(radius), spacing)
     return (torch.from_numpy(i).to(device), torch.from_numpy(j).to(device),
             torch.from_numpy(d2).to(device=device, dtype=torch.float32))
+
+
+def cumulative_strides(strides: Sequence, ndim: int) -> list[tuple[int, ...]]:
+    """Per encoder stage, the product of nnU-Net's ``strides`` up to and including it (an int per stage means
+    the same stride on every axis)."""
+    out, cum = [], [1] * ndim
+    for s in strides:
+        s = [int(v) for v in (s if isinstance(s, (list, tuple)) else [s] * ndim)]
+        cum = [c * v for c, v in zip(cum, s)]
+        out.append(tuple(cum))
+    return out
+
+
+def stage_token_grids(patch_size: Sequence[int], strides: Sequence) -> list[tuple[int, ...]]:
+    """Spatial shape of every encoder stage's output for a patch (integer division stage by stage)."""
+    grids, size = [], [int(p) for p in patch_size]
+    for s in strides:
+        s = [int(v) for v in (s if isinstance(s, (list, tuple)) else [s] * len(size))]
+        size = [i // j for i, j in zip(size, s)]
+        grids.append(tuple(size))
+    return grids
+
+
+def stage_spacing(spacing: Sequence[float], strides: Sequence, stage: int) -> tuple[float, ...]:
+    """Voxel spacing of encoder stage ``stage``'s output grid: the spacing times the cumulative stride."""
+    cum = cumulative_strides(strides, len(spacing))[stage]
+    return tuple(float(v) * float(c) for v, c in zip(spacing, cum))

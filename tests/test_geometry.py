@@ -111,3 +111,15 @@ def test_pair_slices_pair_every_voxel_with_its_neighbour():
     for o in itertools.product(range(-2, 3), repeat=2):
         src, dst = g.pair_slices(o, shape)
         np.testing.assert_array_equal(coords[dst] - coords[src], np.broadcast_to(o, coords[src].shape))
+
+
+def test_stage_grids_and_spacings_by_hand():
+    from nnunet_scribble.geometry import cumulative_strides, stage_spacing, stage_token_grids
+
+    strides = [1, [2, 2], [2, 2], [1, 2]]
+    assert cumulative_strides(strides, 2) == [(1, 1), (2, 2), (4, 4), (4, 8)]
+    assert stage_token_grids((256, 224), strides) == [(256, 224), (128, 112), (64, 56), (64, 28)]
+    assert stage_spacing((1.5, 1.25), strides, 3) == (6.0, 10.0)
+    # 3D, anisotropic: no pooling along z at first
+    assert stage_spacing((10.0, 1.5, 1.5), [[1, 1, 1], [1, 2, 2], [2, 2, 2]], 2) == (20.0, 6.0, 6.0)
+    assert stage_token_grids((10, 256, 224), [[1, 1, 1], [1, 2, 2], [2, 2, 2]])[2] == (5, 64, 56)

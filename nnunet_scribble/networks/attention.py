@@ -45,11 +45,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.geometry import window_pairs
+from nnunet_scribble.geometry import stage_token_grids, window_pairs
 
 __all__ = ["SpatialSelfAttention", "attention_with_window", "StackedConvBlocksWithAttention",
            "StackedResidualBlocksWithAttention",
-           "attach_attention", "choose_attention_stage", "stage_token_grids", "find_attention_block",
+           "attach_attention", "choose_attention_stage", "find_attention_block",
            "unwrap_network"]
 
 
@@ -212,16 +212,6 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     if isinstance(network, DistributedDataParallel):
         network = network.module
     return getattr(network, "_orig_mod", network)
-
-
-def stage_token_grids(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """Spatial shape of every encoder stage's output for a patch (integer division by the cumulative strides)."""
-    grids, size = [], [int(p) for p in patch_size]
-    for s in strides:
-        s = [int(v) for v in (s if isinstance(s, (list, tuple)) else [s] * len(size))]
-        size = [i // j for i, j in zip(size, s)]
-        grids.append(tuple(size))
-    return grids
 
 
 def choose_attention_stage(patch_size: Sequence[int], strides: Sequence[Sequence[int]], preferred: int = 2,

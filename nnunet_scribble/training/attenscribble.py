@@ -66,11 +66,11 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from nnunet_scribble.geometry import stage_spacing, stage_token_grids
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
                                                           samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
-from nnunet_scribble.networks.attention import (attach_attention, choose_attention_stage, find_attention_block,
-                                                stage_token_grids)
+from nnunet_scribble.networks.attention import attach_attention, choose_attention_stage, find_attention_block
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
@@ -149,11 +149,8 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         """Spacing of the attention's token grid (voxel spacing x cumulative stride), or None."""
         if not cls.crf_use_spacing:
             return None
-        spacing = [float(v) for v in configuration_manager.spacing]
-        cum = np.ones(len(spacing))
-        for s in configuration_manager.network_arch_init_kwargs["strides"][: stage + 1]:
-            cum *= np.array(s if isinstance(s, (list, tuple)) else [s] * len(spacing), dtype=float)
-        return tuple(float(v) * float(c) for v, c in zip(spacing, cum))
+        return stage_spacing(configuration_manager.spacing, configuration_manager.network_arch_init_kwargs["strides"],
+                             stage)
 
     # ---- loss -------------------------------------------------------------------------------------
     def regularizer_factor(self) -> float:
