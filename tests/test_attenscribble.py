@@ -15,8 +15,8 @@ from nnunet_scribble.geometry import half_window_offsets, window_pairs, window_r
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
                                                           samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
-from nnunet_scribble.networks.attention import (SpatialSelfAttention, StackedConvBlocksWithAttention,
-                                                attention_with_window, choose_attention_stage, find_attention_block)
+from nnunet_scribble.networks.attention import (SpatialSelfAttention, attention_with_window, choose_attention_stage,
+                                                find_attention_block, similarity_head)
 from nnunet_scribble.training.attenscribble import nnUNetTrainerAttenScribble, nnUNetTrainerAttenScribble_2epochs
 
 IGNORE = 4
@@ -189,7 +189,7 @@ def test_window_pairs_skip_offsets_wider_than_the_grid(grid, radius, spacing):
     block(torch.randn((2, 8) + grid))
     window, got_grid = block.pop_attention()
     y = torch.softmax(torch.randn((2, 3) + grid), 1)
-    loss = attentive_similarity_loss(window, y, got_grid, block.similarity, radius=radius, spacing=spacing)
+    loss = attentive_similarity_loss(window, y, got_grid, similarity_head(), radius=radius, spacing=spacing)
     assert torch.isfinite(loss)
 
 
@@ -215,23 +215,26 @@ def test_attention_loss_gradients_reach_attention_head_and_prediction():
     torch.manual_seed(0)
     block = SpatialSelfAttention(8).train()
     block.expose_attention = True
+    head = similarity_head()
+    assert head.weight.item() == 1 and head.bias.item() == 0      # starts as sigmoid(A + A^T)
     features = torch.randn(2, 8, 6, 6, requires_grad=True)
     logits = torch.randn(2, 3, 12, 12, requires_grad=True)
     block(features)
     window, grid = block.pop_attention()
     assert block.window_attention is None and grid == (6, 6)
     assert window.shape == (2, 1, window_pairs(grid, 5)[0].numel())
-    loss = attentive_similarity_loss(window, torch.softmax(logits, 1), grid, block.similarity,
+    loss = attentive_similarity_loss(window, torch.softmax(logits, 1), grid, head,
                                      valid=torch.tensor([True, True]))
     loss.backward()
+    params = {**dict(block.named_parameters()), **{f"similarity.{k}": v for k, v in head.named_parameters()}}
     for name in ("q.weight", "kv.weight", "similarity.weight", "similarity.bias"):
-        grad = dict(block.named_parameters())[name].grad
+        grad = params[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert logits.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
     # no valid sample: zero, but still connected (DDP needs every parameter in the graph)
     block(features)
     window, grid = block.pop_attention()
-    zero = attentive_similarity_loss(window, torch.softmax(logits, 1), grid, block.similarity,
+    zero = attentive_similarity_loss(window, torch.softmax(logits, 1), grid, head,
                                      valid=torch.tensor([False, False]))
     assert zero.item() == 0 and zero.requires_grad
 
@@ -325,10 +328,13 @@ def test_network_matches_stock_structure(nnunet_paths):
     ours = nnUNetTrainerAttenScribble.build_network_architecture(pm, cm, 1, 4, enable_deep_supervision=True)
     stock = nnUNetTrainer.build_network_architecture(pm, cm, 1, 4, enable_deep_supervision=True)
     assert type(ours) is type(stock)
-    assert isinstance(ours.encoder.stages[2][-1], StackedConvBlocksWithAttention)
+    host = ours.encoder.stages[2][-1]
+    assert type(host) is type(stock.encoder.stages[2][-1])              # no class changed
+    assert isinstance(host.convs[-1], SpatialSelfAttention) and len(host.convs) == len(stock.encoder.stages[2][-1].convs) + 1
     ours_sd, stock_sd = ours.state_dict(), stock.state_dict()
     extra = set(ours_sd) - set(stock_sd)
-    assert set(stock_sd) <= set(ours_sd) and extra and all(".attention." in k for k in extra)
+    block_keys = f"encoder.stages.2.{len(ours.encoder.stages[2]) - 1}.convs.{len(host.convs) - 1}."  # (decoder.)encoder...
+    assert set(stock_sd) <= set(ours_sd) and extra and all(block_keys in k for k in extra)
     assert all(ours_sd[k].shape == v.shape for k, v in stock_sd.items())
     missing = ours.load_state_dict(stock_sd, strict=False).missing_keys   # stock weights load into ours
     assert set(missing) == extra
@@ -347,15 +353,20 @@ def test_network_matches_stock_structure(nnunet_paths):
 def test_graft_into_residual_encoder_unet():
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-    from nnunet_scribble.networks.attention import StackedResidualBlocksWithAttention, attach_attention
+    from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
+
+    from nnunet_scribble.networks.attention import attach_attention
 
     net = ResidualEncoderUNet(1, 4, [4, 8, 16, 16], torch.nn.Conv2d, 3, [1, 2, 2, 2], [1, 1, 1, 1], 3, [1, 1, 1],
                               True, torch.nn.InstanceNorm2d, {"affine": True}, None, None, torch.nn.LeakyReLU,
                               {"inplace": True}, deep_supervision=True)
     stock_keys = set(net.state_dict())
     block = attach_attention(net, 2)
-    assert isinstance(net.encoder.stages[2], StackedResidualBlocksWithAttention) and block.channels == 16
-    assert {k for k in net.state_dict() if k not in stock_keys} == {k for k in net.state_dict() if ".attention." in k}
+    assert type(net.encoder.stages[2]) is StackedResidualBlocks and block.channels == 16
+    assert net.encoder.stages[2].blocks[-1] is block
+    n = len(net.encoder.stages[2].blocks) - 1
+    assert {k for k in net.state_dict() if k not in stock_keys} == {
+        k for k in net.state_dict() if f"encoder.stages.2.blocks.{n}." in k}
     assert [o.shape[-1] for o in net(torch.randn(2, 1, 32, 32))] == [32, 16, 8]
     assert net.compute_conv_feature_map_size((32, 32)) > 0
 
@@ -377,7 +388,8 @@ def test_train_step_logs_three_terms(nnunet_paths):
     trainer = nnUNetTrainerAttenScribble_2epochs(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
     trainer.initialize()
     block = find_attention_block(trainer.network)
-    before = block.similarity.weight.detach().clone()
+    assert not any("similarity" in k for k in trainer.network.state_dict())   # trainer-owned, not in the network
+    before = trainer.similarity.weight.detach().clone()
     trainer.dataloader_train, _ = trainer.get_dataloaders()
     trainer.on_train_epoch_start()
     out = trainer.train_step(next(trainer.dataloader_train))
@@ -386,7 +398,8 @@ def test_train_step_logs_three_terms(nnunet_paths):
     assert all(np.isfinite(v) for v in terms.values()) and terms["train_term_mcrf"] > 0
     assert float(out["loss"]) == pytest.approx(sum(terms.values()), rel=1e-5)
     assert block.window_attention is None                        # released after the loss
-    assert not torch.equal(before, block.similarity.weight)      # the conv1x1 is trained
+    assert not torch.equal(before, trainer.similarity.weight)    # the conv1x1 is trained
+    assert torch.equal(trainer.extra_checkpoint_state()["attenscribble_similarity"]["weight"], trainer.similarity.weight)
 
 
 def test_ramp_up_scales_both_regularizers_in_the_loss(nnunet_paths):

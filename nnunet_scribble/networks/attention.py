@@ -7,8 +7,8 @@ Block (paper sec. 2.3; layer layout as in the authors' code): tokens = the stage
     t = t + MLP(LN2(t))                           MLP: dim -> 4 dim -> dim, GELU
     out = LN_out(t)                               replaces the stage's output (skip + next stage)
 
-The block also owns the attentive-similarity ``conv1x1`` (``similarity``: ``Conv1d(heads, 1, 1)``, used
-by the loss only). In training mode with ``expose_attention`` set, the attention is computed explicitly
+The attentive-similarity ``conv1x1`` belongs to the loss, not to the block: the trainer owns it
+(:func:`similarity_head`). In training mode with ``expose_attention`` set, the attention is computed explicitly
 (:func:`attention_with_window`, float32) and what the loss needs is kept: ``A_ij + A_ji`` of the
 row-softmaxed matrix ``A`` for the token pairs inside the loss window
 (``window_pairs(grid, window_radius, window_spacing)``), ``(B, heads, P)``, in
@@ -16,12 +16,12 @@ row-softmaxed matrix ``A`` for the token pairs inside the loss window
 prediction) the block runs ``F.scaled_dot_product_attention`` and keeps nothing. Both paths compute the
 same features.
 
-Grafting (:func:`attach_attention`): nnU-Net builds its network from the plans as usual; the conv stack
-of one encoder stage is turned into a subclass of its own class that runs the block after the convs
-(``StackedConvBlocks`` -> :class:`StackedConvBlocksWithAttention`, ``StackedResidualBlocks`` ->
-:class:`StackedResidualBlocksWithAttention`). Every stock parameter keeps its name; the block adds
-``<stage>.attention.*``. The decoder, deep supervision and nnU-Net's inference code see the usual
-``PlainConvUNet`` / ``ResidualEncoderUNet``.
+Grafting (:func:`attach_attention`): nnU-Net builds its network from the plans as usual; the block is
+appended to the module list of one encoder stage's conv stack (``StackedConvBlocks.convs`` or
+``StackedResidualBlocks.blocks``, which run in sequence), so it runs after the convs and no class changes.
+Every stock parameter keeps its name; the block adds ``<stage conv stack>.<n>.*``. The decoder, deep
+supervision and nnU-Net's inference code see the usual ``PlainConvUNet`` / ``ResidualEncoderUNet``, and
+nnU-Net's feature-map size estimate counts the block (``compute_conv_feature_map_size``).
 
 Where: paper = after encoder stage 2 (1/4 resolution). Global attention is quadratic in the number of
 tokens, so :func:`choose_attention_stage` takes the first stage ``>= preferred`` whose attention matrix
@@ -47,9 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.geometry import stage_token_grids, window_pairs
 
-__all__ = ["SpatialSelfAttention", "attention_with_window", "StackedConvBlocksWithAttention",
-           "StackedResidualBlocksWithAttention",
-           "attach_attention", "choose_attention_stage", "find_attention_block",
+__all__ = ["SpatialSelfAttention", "attention_with_window", "attach_attention", "similarity_head", "choose_attention_stage", "find_attention_block",
            "unwrap_network"]
 
 
@@ -125,8 +123,6 @@ class SpatialSelfAttention(nn.Module):
         hidden = int(round(channels * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
         self.norm_out = nn.LayerNorm(channels)
-        # conv1x1 of the attentive similarity S = sigmoid(conv1x1(A + A^T)); acts on the head axis
-        self.similarity = nn.Conv1d(num_heads, 1, kernel_size=1)
         # training: keep A_ij + A_ji for the pairs of this window (set by the trainer)
         self.expose_attention = False
         self.window_radius: int = 5
@@ -144,9 +140,6 @@ class SpatialSelfAttention(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # similarity starts as sigmoid(A + A^T): increasing in the attention (the sign the paper intends)
-        nn.init.constant_(self.similarity.weight, 1.0)
-        nn.init.zeros_(self.similarity.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -184,27 +177,8 @@ class SpatialSelfAttention(nn.Module):
         return np.int64(13 * n * self.channels + 2 * self.num_heads * n * n)
 
 
-class _AttentionAfterConvs:
-    """Mixin: run ``self.attention`` on the output of the host conv stack."""
-
-    def forward(self, x):
-        return self.attention(super().forward(x))
-
-    def compute_conv_feature_map_size(self, input_size):
-        out = super().compute_conv_feature_map_size(input_size)
-        size = [i // s for i, s in zip(input_size, self.initial_stride)]
-        return out + self.attention.compute_conv_feature_map_size(size)
-
-
-class StackedConvBlocksWithAttention(_AttentionAfterConvs, StackedConvBlocks):
-    """nnU-Net's ``StackedConvBlocks`` followed by a :class:`SpatialSelfAttention` (see module docstring)."""
-
-
-class StackedResidualBlocksWithAttention(_AttentionAfterConvs, StackedResidualBlocks):
-    """nnU-Net's ``StackedResidualBlocks`` followed by a :class:`SpatialSelfAttention`."""
-
-
-_GRAFTS = {StackedConvBlocks: StackedConvBlocksWithAttention, StackedResidualBlocks: StackedResidualBlocksWithAttention}
+# the conv stacks the block can follow, and the attribute holding their modules in sequence
+_STACK_MODULES = {StackedConvBlocks: "convs", StackedResidualBlocks: "blocks"}
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -237,7 +211,7 @@ def choose_attention_stage(patch_size: Sequence[int], strides: Sequence[Sequence
 
 def attach_attention(network: nn.Module, stage: int, num_heads: int = 1,
                      mlp_ratio: float = 4.0) -> SpatialSelfAttention:
-    """Graft a :class:`SpatialSelfAttention` after the convs of encoder stage ``stage`` (in place).
+    """Append a :class:`SpatialSelfAttention` to the conv stack of encoder stage ``stage`` (in place).
 
     Supports nnU-Net's ``PlainConvUNet`` and ``ResidualEncoderUNet`` (any network whose
     ``encoder.stages[stage]`` is, or ends with, a ``StackedConvBlocks``/``StackedResidualBlocks``).
@@ -249,7 +223,7 @@ def attach_attention(network: nn.Module, stage: int, num_heads: int = 1,
         raise UserFacingError(f"Cannot attach self-attention to {type(net).__name__}: it has no encoder.stages. "
                               "Supported: nnU-Net's PlainConvUNet and ResidualEncoderUNet plans.")
     host = stages[stage][-1] if isinstance(stages[stage], nn.Sequential) else stages[stage]
-    if type(host) not in _GRAFTS:
+    if type(host) not in _STACK_MODULES:
         raise UserFacingError(f"Cannot attach self-attention after encoder stage {stage} of {type(net).__name__}: "
                               f"its conv stack is a {type(host).__name__}. Supported: StackedConvBlocks "
                               "(PlainConvUNet) and StackedResidualBlocks (ResidualEncoderUNet).")
@@ -257,9 +231,18 @@ def attach_attention(network: nn.Module, stage: int, num_heads: int = 1,
     ref = next(host.parameters(), None)
     if ref is not None:
         block.to(device=ref.device)
-    host.__class__ = _GRAFTS[type(host)]
-    host.attention = block
+    getattr(host, _STACK_MODULES[type(host)]).append(block)
     return block
+
+
+def similarity_head(num_heads: int = 1) -> nn.Conv1d:
+    """The attentive-similarity conv1x1 of ``S = sigmoid(conv1x1(A + A^T))`` (acts on the head axis), owned and
+    trained by the trainer, not part of the network. Starts as ``sigmoid(A + A^T)`` (weight 1, bias 0):
+    increasing in the attention, the sign the paper intends."""
+    head = nn.Conv1d(num_heads, 1, kernel_size=1)
+    nn.init.constant_(head.weight, 1.0)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def find_attention_block(network: nn.Module) -> SpatialSelfAttention:

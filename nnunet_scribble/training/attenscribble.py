@@ -45,6 +45,9 @@ Deviations from the paper / the authors' code, and guesses:
 - ``L_atn``'s single-class test uses the scribble classes in the patch, never dense labels (the
   authors' code reads the ground truth for it). ``L_atn`` sums over all tokens (authors' code);
   ``attention_loss_unlabeled_only = True`` gives the paper's eq. 6 (``p, q`` in ``U``).
+- The conv1x1 belongs to the loss: the trainer owns it (``self.similarity``, trained by the same SGD), the
+  network holds only the attention block, and the checkpoint stores the conv1x1 beside the network under
+  ``attenscribble_similarity`` (``--c`` resumes it; prediction never needs it).
 - The conv1x1 starts at weight 1, bias 0 (PyTorch default in the authors' code: random sign);
   the MLP is a plain Linear-GELU-Linear (the authors' code adds a depthwise conv, SegFormer's Mix-FFN).
 - Global attention is quadratic in tokens: the block goes to the first stage ``>= attention_stage`` whose
@@ -63,16 +66,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_scribble.geometry import stage_spacing, stage_token_grids
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
                                                           samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
-from nnunet_scribble.networks.attention import attach_attention, choose_attention_stage, find_attention_block
+from nnunet_scribble.networks.attention import (attach_attention, choose_attention_stage, find_attention_block,
+                                                similarity_head)
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
+
+SIMILARITY_KEY = "attenscribble_similarity"
 
 
 class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
@@ -105,6 +113,7 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # fail early (before data loading) if the configuration has no stage where attention fits
         self.attention_stage_used = self.attention_stage_for(self.configuration_manager, self.configuration_name)
+        self.similarity = None   # the attentive-similarity conv1x1 (trainer-owned, see configure_optimizers)
 
     # ---- network ---------------------------------------------------------------------------------
     @classmethod
@@ -129,6 +138,33 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         block.window_radius = cls.attention_radius
         block.window_spacing = cls.token_spacing(configuration_manager, stage)
         return network
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD + poly schedule over the network and the attentive-similarity conv1x1 (not part of the
+        network: stock prediction never needs it); stored in the checkpoint under ``SIMILARITY_KEY``."""
+        if self.attention_weight:
+            head = similarity_head(self.attention_heads).to(self.device)
+            self.similarity = DDP(head, device_ids=[self.local_rank]) if self.is_ddp else head
+        params = list(self.network.parameters())
+        if self.similarity is not None:
+            params += list(self.similarity.parameters())
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _similarity_module(self):
+        return self.similarity.module if isinstance(self.similarity, DDP) else self.similarity
+
+    def extra_checkpoint_state(self) -> dict:
+        head = self._similarity_module()
+        return {} if head is None else {SIMILARITY_KEY: head.state_dict()}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        head = self._similarity_module()
+        if head is not None and SIMILARITY_KEY in checkpoint:
+            head.load_state_dict(checkpoint[SIMILARITY_KEY])
+        elif head is not None:
+            self.print_to_log_file("AttenScribble: the checkpoint holds no similarity conv1x1; it starts anew.")
 
     def initialize(self):
         super().initialize()
@@ -186,7 +222,7 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
             window_attention, grid = block.pop_attention()
             unlabeled = unlabeled_tokens(scribble, ignore, grid) if self.attention_loss_unlabeled_only else None
             terms["attention"] = ramp * self.attention_weight * attentive_similarity_loss(
-                window_attention, y, grid, block.similarity, radius=block.window_radius, sigma=self.attention_sigma,
+                window_attention, y, grid, self.similarity, radius=block.window_radius, sigma=self.attention_sigma,
                 spacing=block.window_spacing, valid=samples_with_several_scribble_classes(scribble, ignore),
                 unlabeled=unlabeled)
         return terms
