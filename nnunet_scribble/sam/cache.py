@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from nnunet_scribble.files import atomic_write_json, locked
+from nnunet_scribble.files import atomic_write, atomic_write_json, locked
 from nnunet_scribble.sam.data import PreprocessedDataset
 
 CACHE_FORMAT = 1
@@ -137,9 +137,7 @@ class EmbeddingCache:
                     parts.append(self.backend.encode(images[i:i + self.batch_size]).numpy().astype(np.float16))
                     bar.update(len(images[i:i + self.batch_size]))
                 emb = np.concatenate(parts)
-                tmp = os.path.join(self.folder, f".{c}.tmp{os.getpid()}.npy")
-                np.save(tmp, emb)
-                os.replace(tmp, self.case_file(c))
+                atomic_write(self.case_file(c), lambda tmp: np.save(tmp, emb))
                 manifest["cases"][c] = {"fingerprint": self.fingerprint(c), "n_slices": int(len(images)),
                                         "slice_shape": list(images.shape[1:]), "embedding_shape": list(emb.shape[1:])}
                 atomic_write_json(self.manifest_file, manifest)

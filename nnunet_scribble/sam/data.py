@@ -20,7 +20,7 @@ import numpy as np
 
 from nnunet_scribble.crop_marks import crop_marks_as_background
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.files import atomic_write_json, locked
+from nnunet_scribble.files import atomic_write, atomic_write_json, locked
 from nnunet_scribble.geometry import through_plane_axis
 from nnunet_scribble.image_io import check_file
 
@@ -250,7 +250,6 @@ class PreprocessedDataset:
         """Write (n, H, W) slices as ``<case>.b2nd`` (or ``.npz``) in the case's spatial layout, atomically."""
         seg = np.ascontiguousarray(self.to_volume(slices).astype(np.int16))
         final = self.label_file(folder, case)
-        tmp_trunc = os.path.join(folder, f".{case}.tmp{os.getpid()}")
         if self.is_blosc2:
             import blosc2
             from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
@@ -258,14 +257,10 @@ class PreprocessedDataset:
             blocks, chunks = comp_blosc2_params((1, *seg.shape) if seg.ndim == 3 else (1, 1, *seg.shape),
                                                 tuple(self.configuration_manager.patch_size), seg.itemsize)
             blocks, chunks = blocks[-seg.ndim:], chunks[-seg.ndim:]
-            if os.path.exists(tmp_trunc + ".b2nd"):
-                os.remove(tmp_trunc + ".b2nd")
-            blosc2.asarray(seg, urlpath=tmp_trunc + ".b2nd", chunks=chunks, blocks=blocks,
-                           cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
-            os.replace(tmp_trunc + ".b2nd", final)
+            atomic_write(final, lambda tmp: blosc2.asarray(seg, urlpath=tmp, chunks=chunks, blocks=blocks, cparams={
+                "codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1}))
         else:
-            np.savez_compressed(tmp_trunc + ".npz", seg=seg)
-            os.replace(tmp_trunc + ".npz", final)
+            atomic_write(final, lambda tmp: np.savez_compressed(tmp, seg=seg))
         return final
 
     def read_label_map(self, folder: str, case: str) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from nnunet_scribble.files import atomic_write
 from nnunet_scribble.sam.prompts import ClassPrompt
 
 
@@ -212,10 +213,9 @@ def finetune_decoder(decoder, backend, embeddings: Callable[[str], np.ndarray], 
         losses.append(total / max(1, len(samples)))
         log(f"[sam] decoder epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}")
         if state_file:
-            tmp = f"{state_file}.tmp{os.getpid()}"
-            torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch_losses": losses, "config": config.to_dict()}, tmp)
-            os.replace(tmp, state_file)
+            state = {"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "epoch_losses": losses,
+                     "config": config.to_dict()}
+            atomic_write(state_file, lambda tmp: torch.save(state, tmp))
     decoder.eval()
     for p in decoder.parameters():
         p.requires_grad_(False)

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunet_scribble.files import atomic_write
 from nnunet_scribble.visualization.overlay import colour, draw_scribbles, tint_labels
 
 PSEUDO_LABEL_ALPHA = 0.45
@@ -50,8 +51,8 @@ def write_overlay(path: str, image01: np.ndarray, scribble: np.ndarray, prompts:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        plt.close(fig)
     return path

@@ -41,7 +41,7 @@ import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
 from nnunet_scribble.evaluation import metrics
-from nnunet_scribble.files import atomic_write_json, locked, require_writable
+from nnunet_scribble.files import atomic_write, atomic_write_json, locked, require_writable
 from nnunet_scribble.sam.cache import DEFAULT_PERCENTILES, EmbeddingCache, cache_folder_of, scale_slices
 from nnunet_scribble.sam.cost import finetune_note, fold_estimate
 from nnunet_scribble.sam.data import PreprocessedDataset
@@ -418,9 +418,7 @@ def finetune_round(run: FoldRun, r: int, decoder, embeddings, samples: list, man
     state_file = os.path.join(folder, f"finetune_round_{r}.state.pth")
     stats = finetune_decoder(decoder, sam, embeddings, samples, targets, ds.num_classes, config.finetune,
                              state_file=state_file, progress=run.progress, log=log)
-    tmp = f"{decoder_file}.tmp{os.getpid()}"
-    torch.save(decoder.state_dict(), tmp)
-    os.replace(tmp, decoder_file)
+    atomic_write(decoder_file, lambda tmp: torch.save(decoder.state_dict(), tmp))
     if os.path.isfile(state_file):
         os.remove(state_file)
     manifest["finetune"][str(r)] = {"epoch_losses": stats["epoch_losses"], "seconds": stats["seconds"],

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_scribble.errors import UserFacingError
-from nnunet_scribble.files import locked
+from nnunet_scribble.files import atomic_write, locked
 from nnunet_scribble.geometry import anisotropic_slice_axis
 from nnunet_scribble.image_io import check_file
 from nnunet_scribble.targets.gc_region import gc_region
@@ -95,7 +95,7 @@ def build_gc_maps(trainer, case_ids: list[str], close_gaps: float, require_fg_in
             gc = raw_gc_map(scribble[0], properties["spacing"], ignore, close_gaps, require_fg_inside)
             _, gc_pre, _ = preprocessor.run_case_npy(data, gc[None], properties, trainer.plans_manager,
                                                      trainer.configuration_manager, trainer.dataset_json)
-            tmp = folder / f".tmp_{case}"
-            trainer.dataset_class.save_seg(gc_pre[0].astype(np.int16), str(tmp))
-            os.replace(f"{tmp}{ending}", folder / f"{case}{ending}")
+            # nnU-Net's save_seg appends the ending to the name it is given
+            atomic_write(folder / f"{case}{ending}", lambda tmp: trainer.dataset_class.save_seg(
+                gc_pre[0].astype(np.int16), tmp[: -len(ending)]))
     return str(folder)

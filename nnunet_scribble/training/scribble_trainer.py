@@ -38,6 +38,7 @@ from torch import distributed as dist
 
 from nnunet_scribble.crop_marks import with_crop_marks_as_background
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.files import atomic_write
 from nnunet_scribble.training.budget_variants import TrainingBudget
 from nnunet_scribble.training.case_labels import labeled_cases, scribbled_classes
 from nnunet_scribble.training.labeled_sampling import labeled_count, loader_class_substituted
@@ -259,9 +260,7 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
             return
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint.update(extra)
-        tmp = f"{filename}.tmp{os.getpid()}"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        atomic_write(filename, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

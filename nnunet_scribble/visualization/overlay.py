@@ -16,13 +16,13 @@ and renamed; an existing PNG is never replaced unless ``overwrite``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_scribble.errors import UserFacingError
+from nnunet_scribble.files import atomic_write
 from nnunet_scribble.geometry import display_slice_axis
 
 # scribble colours: background, then one per foreground class (cycled); RGB in [0, 1]
@@ -203,10 +203,10 @@ def write_case_png(path: Path, case: str, axis_name: str, slices: list[int], tit
                title_fontsize=7)
     fig.suptitle(case, fontsize=9)
     fig.tight_layout(rect=(0, 0.55 / fig.get_figheight(), 1, 1))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+    finally:
+        plt.close(fig)
     return path
 
 
