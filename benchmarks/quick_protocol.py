@@ -183,6 +183,13 @@ def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, en
         if not (raw / dense_name).is_dir():
             derive_dense_dataset(raw / scribble_name, raw / dense_name)
         datasets.append(protocol.dense)
+    plan_datasets(work, datasets, protocol.quick_batch, data_config, env)
+
+
+def plan_datasets(work: Path, datasets: list[tuple[int, str]], quick_batch: int, data_config: str, env: dict) -> None:
+    """Plan and preprocess each (id, name) raw dataset of WORK with nnU-Net (``data_config``), add
+    ``2d_quick`` to its plans and copy its splits_final.json; finished steps are skipped."""
+    raw = work / "nnUNet_raw"
     for dataset_id, name in datasets:
         pre = work / "nnUNet_preprocessed" / name
         if not (pre / "nnUNetPlans.json").is_file():
@@ -191,7 +198,7 @@ def prepare_datasets(work: Path, protocol: Protocol, data: Path, dense: bool, en
         elif not (pre / f"nnUNetPlans_{data_config}").is_dir():
             run(["nnUNetv2_preprocess", "-d", str(dataset_id), "-c", data_config, "-np", "2"], env,
                 work / "logs" / f"preprocess_{dataset_id}_{data_config}.log")
-        add_quick_configuration(pre / "nnUNetPlans.json", protocol.quick_batch)
+        add_quick_configuration(pre / "nnUNetPlans.json", quick_batch)
         splits = raw / name / "splits_final.json"
         if splits.is_file() and not (pre / "splits_final.json").is_file():
             shutil.copy(splits, pre / "splits_final.json")
@@ -241,7 +248,11 @@ def sam_settings(env: dict) -> str:
 
 
 def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budget: str, env: dict,
-                tag: str | None = None) -> dict:
+                tag: str | None = None, labels: str | None = None, command: str | None = None) -> dict:
+    """Train ``trainer``'s ``budget`` variant on fold ``all`` of the protocol's scribble dataset (``dense``:
+    its dense dataset), predict and evaluate the test set, and store the result JSON in WORK/results
+    (``labels`` / ``command``: what the table says the run trained on and how to rerun it, when not the
+    quick protocol's own words)."""
     from nnunet_scribble.training.budget_variants import ITERATION_BUDGETS
 
     dataset_id, name = protocol.dense if dense else protocol.scribble
@@ -268,7 +279,7 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
     times = epoch_seconds(fold_dir)
     previous = json.loads(out_json.read_text()) if out_json.is_file() else {}
     result = {
-        "trainer": trainer, "variant": variant, "tag": tag, "labels": "dense" if dense else "scribbles",
+        "trainer": trainer, "variant": variant, "tag": tag, "labels": labels or ("dense" if dense else "scribbles"),
         "protocol": protocol.name, "dataset": name, "configuration": CONFIG, "fold": "all",
         "per_class": summary["per_class"], "mean": summary["mean"], "n_test_cases": summary["n_cases"],
         "epochs_logged": len(times),
@@ -276,9 +287,9 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
         "peak_rss_mb": peak_mb if peak_mb is not None else previous.get("peak_rss_mb"),
         "date": previous.get("date", date.today().isoformat()),
         "machine": previous.get("machine", f"{platform.machine()}, {os.cpu_count()} cores, CPU only"),
-        "command": sam_settings(env) + f"python benchmarks/quick_protocol.py {protocol.cli()} --work WORK "
-                   + f"--budget {budget} "
-                   + (f"--tag {tag} " if tag else "") + (f"{STOCK} --dense (stock trainer on {name})" if dense else trainer),
+        "command": command or (sam_settings(env) + f"python benchmarks/quick_protocol.py {protocol.cli()} --work WORK "
+                               + f"--budget {budget} " + (f"--tag {tag} " if tag else "")
+                               + (f"{STOCK} --dense (stock trainer on {name})" if dense else trainer)),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2))
@@ -331,11 +342,12 @@ def run_label(r: dict, code: bool = True) -> str:
     return variant + (f" [{r['tag']}]" if r.get("tag") else "")
 
 
-def budget_table(results: list[dict]) -> list[str]:
+def budget_table(results: list[dict], bound: dict | None = None, stock_speed: float | None = None) -> list[str]:
     """Markdown rows: test Dice per class, mean Dice and its ratio to the dense run, HD95, speed, memory;
-    with cross-validation results (``cv_mean``, full protocol) also the CV mean Dice and HD95."""
-    bound = next((r for r in results if r["labels"] == "dense"), None)
-    stock_speed = bound["seconds_per_iteration"] if bound else None
+    with cross-validation results (``cv_mean``, full protocol) also the CV mean Dice and HD95. ``bound`` /
+    ``stock_speed``: the dense reference and stock s/it, by default the run labelled ``dense``."""
+    bound = bound or next((r for r in results if r["labels"] == "dense"), None)
+    stock_speed = stock_speed or (bound.get("seconds_per_iteration") if bound else None)
     classes = list(results[0]["per_class"].values())
     with_cv = any("cv_mean" in r for r in results)
     head = (["trainer", "labels"] + (["CV mean Dice", "CV mean HD95 (mm)"] if with_cv else [])
