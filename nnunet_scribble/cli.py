@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "nnunet_scribble.conversion.command",
     "nnunet_scribble.sam.command",
     "nnunet_scribble.visualization.command",
+    "nnunet_scribble.selection.command",
 )
 
 

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_scribble"
 # bottom to top; the packages of one layer do not import each other (except in the base and entry layers)
 LAYERS = [
     ("base", {"errors", "files", "image_io", "volume", "geometry", "crop_marks", "arguments", "__init__"}),
-    ("tools", {"conversion", "evaluation", "visualization"}),
+    ("tools", {"conversion", "evaluation", "visualization", "selection"}),
     ("blocks", {"losses", "networks", "targets"}),
     ("stages", {"sam"}),
     ("training", {"training"}),

@@ -223,6 +223,7 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
         if self.local_rank == 0 and not self.skip_final_validation:
+            self.print_to_log_file("Warning: the Mean Validation Dice above counts scribbled voxels only and overstates the quality: see validation/summary_dense.json, and choose models with `nnunet-scribble find-best-configuration`.", also_print_to_console=True)
             self.evaluate_validation_against_dense_labels()
 
     def evaluate_validation_against_dense_labels(self) -> dict | None:
