@@ -287,31 +287,38 @@ def test_without_dense_labels_the_proxy_decides(fake_results, tmp_path, monkeypa
     assert (results / pre.name / "inference_instructions.txt").is_file()
 
 
-# ---- export: refusal of a non-stock network (fast, no training) -----------------------------------------------
-def test_export_refuses_a_network_that_is_not_stock(tiny_dataset, monkeypatch):
+# ---- export: which trainers' networks are stock (fast, no training) ------------------------------------------
+@pytest.mark.parametrize("trainer,stock", [
+    ("nnUNetTrainerPCE", True), ("nnUNetTrainerMaCo", True), ("nnUNetTrainerDMPLS", True),
+    ("nnUNetTrainerSAMSP", True), ("nnUNetTrainerMedCL", True), ("nnUNetTrainerMeanTeacher", True),
+    ("nnUNetTrainerAttenScribble", False)])
+def test_export_keeps_stock_networks_and_refuses_the_others(tiny_dataset, monkeypatch, trainer, stock):
     import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_scribble.selection.export import stock_checkpoint
-    from nnunet_scribble.training.attenscribble import nnUNetTrainerAttenScribble
 
     root, name = tiny_dataset
     monkeypatch.setenv("nnUNet_extTrainer", nnunet_env(root)["nnUNet_extTrainer"])
     pre = root / "nnUNet_preprocessed" / name
     plans, dataset_json = (json.loads((pre / n).read_text()) for n in ("nnUNetPlans.json", "dataset.json"))
     pm = PlansManager(plans)
-    net = nnUNetTrainerAttenScribble.build_network_architecture(pm, pm.get_configuration("2d"), 1, 4, False)
-    checkpoint = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainerAttenScribble",
-                  "init_args": {"configuration": "2d"}}
-    with pytest.raises(UserFacingError, match="keep needing the plugin"):
-        stock_checkpoint(checkpoint, plans, dataset_json, source="x.pth")
-    # a stock network passes and comes back as nnUNetTrainer's
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    stock = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 4, False)
-    out = stock_checkpoint({**checkpoint, "network_weights": stock.state_dict(), "trainer_name": "nnUNetTrainerPCE",
-                            "optimizer_state": {"x": 1}}, plans, dataset_json)
-    assert out["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in out
-    assert all(torch.equal(out["network_weights"][k], v) for k, v in stock.state_dict().items())
+    cm = pm.get_configuration("2d")
+    net = recursive_find_trainer_class_by_name(trainer).build_network_architecture(pm, cm, 1, 4, False)
+    checkpoint = {"network_weights": net.state_dict(), "trainer_name": trainer, "init_args": {"configuration": "2d"},
+                  "optimizer_state": {"x": 1}, "mean_teacher": {}}
+    if not stock:
+        with pytest.raises(UserFacingError, match="keep needing the plugin.*--keep-trainer"):
+            stock_checkpoint(checkpoint, plans, dataset_json, source="x.pth")
+        return
+    out = stock_checkpoint(checkpoint, plans, dataset_json)
+    assert out["trainer_name"] == "nnUNetTrainer" and out["nnunet_scribble_trainer_name"] == trainer
+    assert "optimizer_state" not in out and "mean_teacher" not in out
+    reference = nnUNetTrainer.build_network_architecture(pm, cm, 1, 4, False).state_dict()
+    assert set(out["network_weights"]) == set(reference)
+    assert all(torch.equal(out["network_weights"][k], net.state_dict()[k]) for k in reference)
 
 
 # ---- slow: a real 5-fold CV of two trainers, stock nnU-Net afterwards ----------------------------------------

@@ -92,8 +92,9 @@ def check_cv_results(dataset_name: str, models: Sequence[Model], folds: Sequence
             problems.append(f"{folder} does not exist: {m.identifier} is not trained. Train every requested fold "
                             f"({train.replace('FOLD', 'F')} --npz for F in {' '.join(map(str, folds))}).")
             continue
-        if not os.path.isfile(os.path.join(folder, "plans.json")):
-            problems.append(f"{folder} has no plans.json (nnUNetv2_train writes it): is this an nnU-Net results "
+        absent = [n for n in ("plans.json", "dataset.json") if not os.path.isfile(os.path.join(folder, n))]
+        if absent:
+            problems.append(f"{folder} has no {absent[0]} (nnUNetv2_train writes it): is this an nnU-Net results "
                             "folder? Train the model again with nnUNetv2_train.")
             continue
         plans = _load_json(os.path.join(folder, "plans.json"))
