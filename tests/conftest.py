@@ -149,6 +149,7 @@ _TRAIN_WITH_TINY_SAM = ("import sys; from nnunet_scribble.sam.backends import OF
                         "from nnunet_scribble.sam.testing import TINY_SPEC; OFFICIAL_SPECS['vit_b'] = TINY_SPEC; "
                         "from nnunet_scribble.sam.pseudolabels import ENV_EPOCHS, ENV_ROUNDS; import os; "
                         "os.environ.setdefault(ENV_ROUNDS, '1'); os.environ.setdefault(ENV_EPOCHS, '1'); "
+                        "os.environ.setdefault('NNUNET_SCRIBBLE_CFR_ITERATIONS', '2'); "
                         "from nnunetv2.run.run_training import run_training_entry; "
                         "sys.argv[0] = 'nnUNetv2_train'; run_training_entry()")
 
@@ -162,13 +163,13 @@ def run_checked(cmd, env) -> "subprocess.CompletedProcess":
 
 def train_through_cli(env: dict, dataset_id: int, configuration: str, trainer: str, tmp_path: Path,
                       fold: str = "0") -> Path:
-    """``nnUNetv2_train`` in a child process (SAM-SP trainers: with the tiny test SAM, 1 round, 1 decoder
-    epoch); returns the fold's output folder, which holds ``checkpoint_final.pth``."""
+    """``nnUNetv2_train`` in a child process (SAM-SP and CFR trainers: with the tiny test SAM; SAM-SP 1 round of
+    1 decoder epoch, CFR 2 fine-tuning iterations); returns the fold's output folder (``checkpoint_final.pth``)."""
     from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
     from nnunet_scribble.sam.testing import write_tiny_sam
 
     args = [dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu"]
-    if "SAMSP" in trainer:
+    if "SAMSP" in trainer or "CFR" in trainer:
         env = {**env, ENV_BACKEND: "vit_b", ENV_CHECKPOINT: write_tiny_sam(str(tmp_path / "tiny_vit_b.pth"))}
         run_checked([sys.executable, "-c", _TRAIN_WITH_TINY_SAM, *args], env)
     else:

@@ -1,5 +1,5 @@
-"""Training on mixed-label datasets (dense + scribbled + unlabeled cases) through nnU-Net's CLI: PCE, SAM-SP and
-Mean Teacher in 2d, Mean Teacher in 3d_fullres; every batch draws its labeled share and prediction works."""
+"""Training on mixed-label datasets (dense + scribbled + unlabeled cases) through nnU-Net's CLI: PCE, SAM-SP,
+Mean Teacher and CFR in 2d, Mean Teacher in 3d_fullres; every batch draws its labeled share and prediction works."""
 import json
 import shutil
 from unittest import mock
@@ -25,7 +25,8 @@ def _assert_mixed_sampling(fold):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerPCE", "nnUNetTrainerSAMSP", "nnUNetTrainerMeanTeacher"])
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerPCE", "nnUNetTrainerSAMSP", "nnUNetTrainerMeanTeacher",
+                                     "nnUNetTrainerCFR"])
 def test_trains_and_predicts_on_a_mixed_dataset_in_2d(tiny_mixed_dataset, tmp_path, trainer):
     root, name = tiny_mixed_dataset
     shutil.copytree(root / "nnUNet_preprocessed", tmp_path / "nnUNet_preprocessed")   # caches are written there

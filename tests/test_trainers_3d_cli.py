@@ -11,10 +11,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import TINY_3D_ID, nnunet_env, predict_through_cli, train_through_cli
 
+from nnunet_scribble.training.cfr import READY_FILE as CFR_READY_FILE
 from nnunet_scribble.training.samsp import READY_FILE
 
 TRAINERS = ["nnUNetTrainerPCE", "nnUNetTrainerMaCo", "nnUNetTrainerDMPLS", "nnUNetTrainerAttenScribble",
-            "nnUNetTrainerSAMSP", "nnUNetTrainerMedCL", "nnUNetTrainerMeanTeacher"]
+            "nnUNetTrainerSAMSP", "nnUNetTrainerMedCL", "nnUNetTrainerMeanTeacher", "nnUNetTrainerCFR"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -30,8 +31,8 @@ def test_trains_and_predicts_in_3d_fullres_through_the_cli(tiny_3d_dataset, tmp_
     assert fold == tmp_path / "nnUNet_results" / name / f"{trainer}_smoke__nnUNetPlans__3d_fullres" / "fold_0"
     assert json.load(open(fold / "validation" / "summary_dense.json"))   # the dense-label evaluation ran
 
-    if trainer == "nnUNetTrainerSAMSP":   # the SAM stages' slice-wise pseudo-labels, stacked to the case's 3D grid
-        ready = json.load(open(fold / READY_FILE))
+    if trainer in ("nnUNetTrainerSAMSP", "nnUNetTrainerCFR"):   # the SAM stages' slice-wise pseudo-labels, stacked
+        ready = json.load(open(fold / (READY_FILE if trainer.endswith("SAMSP") else CFR_READY_FILE)))
         data_folder = tmp_path / "nnUNet_preprocessed" / name / "nnUNetPlans_3d_fullres"
         pl_files = sorted(f for f in os.listdir(ready["folder"]) if f.endswith(".b2nd"))
         assert pl_files

@@ -7,3 +7,4 @@ from nnunet_scribble.training.maco import *  # noqa: F401,F403
 from nnunet_scribble.training.samsp import *  # noqa: F401,F403
 from nnunet_scribble.training.medcl import *  # noqa: F401,F403
 from nnunet_scribble.training.mean_teacher import *  # noqa: F401,F403
+from nnunet_scribble.training.cfr import *  # noqa: F401,F403

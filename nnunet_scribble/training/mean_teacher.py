@@ -69,13 +69,17 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerScribble):
 
     # ---- loss ------------------------------------------------------------------------------------
     def compute_loss_terms(self, data: torch.Tensor, scribbles, extras) -> dict[str, torch.Tensor]:
+        return self.mean_teacher_terms(data, scribbles)[0]
+
+    def mean_teacher_terms(self, data: torch.Tensor, scribbles) -> tuple[dict[str, torch.Tensor], object]:
+        """(``supervised`` + ``consistency`` terms, the student's output) for subclasses that add terms."""
         output = self.network(data)
         terms = {"supervised": self.loss(output, scribbles)}
         with torch.no_grad():
             noisy = data + teacher_noise(data, self.teacher_noise_std, self.teacher_noise_clamp)
             teacher_out = full_resolution(self.teacher(noisy))
         terms["consistency"] = self.consistency_weight_now() * softmax_mse(full_resolution(output), teacher_out)
-        return terms
+        return terms, output
 
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(batch)

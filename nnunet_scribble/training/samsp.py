@@ -41,7 +41,6 @@ Deviations from the paper and guesses
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -54,6 +53,7 @@ from nnunet_scribble.sam.pseudolabels import (DEFAULT_EPOCHS, DEFAULT_ROUNDS, EN
                                               run_pseudolabels, setting_from_env)
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.dmpls import nnUNetTrainerDMPLS
+from nnunet_scribble.training.stage_outputs import wait_for_ready_file
 
 READY_FILE = "sam_pseudolabels.json"
 
@@ -99,14 +99,7 @@ class nnUNetTrainerSAMSP(nnUNetTrainerDMPLS):
         return result.folder
 
     def _wait_for_rank0(self, ready: str) -> str:
-        deadline = time.time() + self.sam_wait_seconds
-        while time.time() < deadline:
-            # a file from an earlier run is older than this trainer (minus slack for unequal start times)
-            if os.path.isfile(ready) and os.stat(ready).st_mtime > self._created - 120:
-                with open(ready) as f:
-                    return json.load(f)["folder"]
-            time.sleep(5)
-        raise TimeoutError(f"rank {self.local_rank}: rank 0 did not write {ready} within {self.sam_wait_seconds} s")
+        return wait_for_ready_file(ready, self._created, self.sam_wait_seconds, self.local_rank)["folder"]
 
     def on_train_start(self):
         # before nnU-Net builds the dataloaders, which read self.extra_seg_folder
