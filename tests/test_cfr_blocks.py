@@ -13,6 +13,15 @@ from nnunet_scribble.sam.lora import LoRAQV, add_lora_qv, load_lora_state_dict, 
 from nnunet_scribble.sam.testing import TINY_SPEC, patch_tiny_spec, write_tiny_sam
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models run much faster on one thread (no OpenMP spinning on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---- grids ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape,size", [((20, 30), 64), ((64, 64), 64), ((7, 5), 32), ((80, 50), 64), ((33, 70), 64)])
