@@ -107,3 +107,30 @@ def test_pseudo_label_term_acts_on_unlabeled_voxels_only():
     assert torch.allclose(loss, expected)
     loss.backward()
     assert float(stub.out.grad[0, :, 0, 0].abs().sum()) == 0 and float(stub.out.grad[0, :, 1, 1].abs().sum()) == 0
+
+
+def test_case_grids_tile_the_slices_and_padding_is_ignore(mixed_copy):
+    from nnunet_scribble.sam.cfr import load_case_grids
+    from nnunet_scribble.sam.grid import from_grids
+
+    name, _ = mixed_copy
+    ds = PreprocessedDataset(name, "2d")
+    cs = ds.load_case("demo_002")                          # a scribbled case
+    h, w = cs.image.shape[1:]
+    cg = load_case_grids(ds, "demo_002", 2 * max(h, w) + 1)
+    assert (cg.grid.rows, cg.grid.cols) == (2, 2) and cg.kind == "scribbled"
+    assert cg.images01.shape == (-(-len(cs.image) // 4), 2 * h, 2 * w)
+    assert (from_grids(cg.labels, cg.grid, cg.depth) == cs.scribbles).all()
+    pad = len(cg.images01) * 4 - len(cs.image)
+    if pad:                                               # the tiles after the last slice: ignore, zero image
+        assert (cg.labels[-1, h:, w:] == ds.ignore_label).all() and not cg.images01[-1, h:, w:].any()
+    single = load_case_grids(ds, "demo_002", 2 * max(h, w) + 1, concatenate=False)
+    assert (single.grid.rows, single.grid.cols) == (1, 1) and single.images01.shape == cs.image.shape
+
+
+def test_input_size_is_refused_for_official_sam(mixed_copy):
+    from nnunet_scribble.errors import UserFacingError
+
+    name, sam = mixed_copy
+    with pytest.raises(UserFacingError, match="only LiteMedSAM can be built for another input size"):
+        _run(name, sam, CFRConfig(iterations=1, input_size=128))

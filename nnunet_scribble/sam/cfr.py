@@ -55,6 +55,8 @@ class CFRConfig:
     poly_power: float = 0.9
     lora_rank: int = 4
     seed: int = 0
+    concatenate: bool = True       # False: one slice per SAM input (the paper's "upsampling" baseline)
+    input_size: Optional[int] = None   # LiteMedSAM only: build its encoder for this input (None: native 256)
     checkpoint_every: int = 50     # not part of the identity
     overlays: int = 4              # not part of the identity
 
@@ -89,9 +91,9 @@ def case_kind(labels: np.ndarray, ignore: int) -> str:
     return "dense" if labeled.all() else "scribbled" if labeled.any() else "unlabeled"
 
 
-def load_case_grids(ds: PreprocessedDataset, case: str, input_size: int) -> CaseGrids:
+def load_case_grids(ds: PreprocessedDataset, case: str, input_size: int, concatenate: bool = True) -> CaseGrids:
     cs = ds.load_case(case)
-    grid = grid_for(cs.image.shape[1:], input_size)
+    grid = grid_for(cs.image.shape[1:], input_size) if concatenate else Grid(1, 1, tuple(cs.image.shape[1:]))
     ignore = ds.ignore_label
     return CaseGrids(case, case_kind(cs.scribbles, ignore), grid, len(cs.image),
                      to_grids(scale_slices(cs.image), grid, fill=0).astype(np.float32),
@@ -119,8 +121,6 @@ def run_cfr_pseudolabels(dataset: str | int, configuration: str, fold, backend: 
     """Run (or resume) the CFR stages for one fold; returns where its pseudo-labels are.
 
     ``config`` None: the defaults, with ``$NNUNET_SCRIBBLE_CFR_ITERATIONS`` for the iterations if set."""
-    from nnunet_scribble.sam.backends import load_backend
-
     config = config or CFRConfig(iterations=setting_from_env(None, ENV_ITERATIONS, DEFAULT_ITERATIONS))
     if config.iterations < 0 or config.batch_size < 1:
         raise UserFacingError(f"CFR fine-tuning needs iterations >= 0 and batch size >= 1 (got {config.iterations}, "
@@ -129,10 +129,10 @@ def run_cfr_pseudolabels(dataset: str | int, configuration: str, fold, backend: 
     require_writable(os.path.join(ds.base, "cfr_pseudolabels", ds.data_identifier), "the CFR pseudo-labels",
                      READ_ONLY_FIX)
     train, val = ds.fold_split(fold, random_split=random_split, log=echo)
-    sam = load_backend(backend, checkpoint, device=device)
+    sam = _backend(backend, checkpoint, device, config.input_size)
     echo(f"[cfr] {ds.name} {configuration} fold {fold}: reading {len(train)} training case(s) (validation cases: "
          f"{len(val)}, never read)")
-    cases = [load_case_grids(ds, c, sam.input_size) for c in train]
+    cases = [load_case_grids(ds, c, sam.input_size, config.concatenate) for c in train]
     labeled = [c for c in cases if c.kind != "unlabeled"]
     if not labeled:
         raise UserFacingError(f"fold {fold} of {ds.name}: none of its {len(train)} training cases has a label (all "
@@ -154,6 +154,23 @@ def run_cfr_pseudolabels(dataset: str | int, configuration: str, fold, backend: 
         pseudo_label_stage(ds, sam, model, cases, pl_folder, log, progress)
         dice = dice_stage(ds, cases, pl_folder, folder, config, log)
     return CFRResult(pl_folder, folder, train, val, dice)
+
+
+def _backend(backend: Optional[str], checkpoint: Optional[str], device, input_size: Optional[int]):
+    """The SAM backend; LiteMedSAM built for ``input_size`` when given (its 256-input weights fit any size)."""
+    from nnunet_scribble.sam.backends import load_backend, resolve_backend
+    from nnunet_scribble.sam.multiclass import build_litemedsam_backend
+
+    sam = load_backend(backend, checkpoint, device=device)
+    if input_size is None or input_size == sam.input_size:
+        return sam
+    if sam.name != "litemedsam":
+        raise UserFacingError(f"--input-size {input_size}: only LiteMedSAM can be built for another input size; the "
+                              f"{sam.name} backend takes {sam.input_size}. Leave --input-size out.")
+    try:
+        return build_litemedsam_backend(input_size, resolve_backend(backend, checkpoint)[1], device=sam.device)
+    except ValueError as e:
+        raise UserFacingError(f"--input-size {input_size}: {e}") from e
 
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------

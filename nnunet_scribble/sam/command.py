@@ -78,6 +78,11 @@ def _register_cfr(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     p.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="LoRA rank")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation and batch draws")
+    p.add_argument("--no-concatenate", action="store_true",
+                   help="one slice per SAM input instead of the slice grid (the paper's comparison)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="LiteMedSAM only: build its encoder for this input size (a multiple of 16, e.g. 512; "
+                        "default its native 256), so that more slices fit one grid")
     p.add_argument("--overlays", type=int, default=defaults.overlays, help="cases with an overlay PNG")
     p.add_argument("-device", "--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.set_defaults(func=_run_cfr)
@@ -89,7 +94,8 @@ def _run_cfr(args) -> int:
 
     config = CFRConfig(iterations=setting_from_env(args.iterations, ENV_ITERATIONS, DEFAULT_ITERATIONS),
                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       lora_rank=args.lora_rank, seed=args.seed, overlays=args.overlays)
+                       lora_rank=args.lora_rank, seed=args.seed, concatenate=not args.no_concatenate,
+                       input_size=args.input_size, overlays=args.overlays)
     result = run_cfr_pseudolabels(args.dataset, args.configuration, args.fold, backend=args.backend,
                                   checkpoint=args.checkpoint, plans=args.plans, config=config, device=args.device,
                                   random_split=args.random_split)
