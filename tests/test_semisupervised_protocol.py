@@ -85,3 +85,12 @@ def test_table_rates_against_the_quoted_dense_run_and_times_against_stock_of_the
     assert rows["`nnUNetTrainerMeanTeacher_3000it` [teacher]"][5] == "**0.650**"
     assert rows["`nnUNetTrainerPCE_3000it`"][1] == "scribbles, all 70 patients (quoted)"
     assert (tmp_path / "acdc_semisupervised_quick_3labeled_3000it.png").is_file()
+
+
+def test_cfr_pseudolabel_table_names_the_variant():
+    cfr = pytest.importorskip("cfr_pseudolabels")
+    dice = {"per_class": {"RV": 0.5, "Myo": None, "LV": 0.75}, "mean": 0.625, "cases": 4}
+    rows = cfr.table([{"labeled": 3, "iterations": 200, "concatenate": False, "input_size": 512, "dice": dice,
+                       "minutes": 61.2, "date": "2026-12-02"}])
+    assert rows[2] == "| 3 | 200 | 1 | 512 | 0.500 | - | 0.750 | **0.625** | 4 | 61 | 2026-12-02 |"
+    assert cfr.variant_name(3, 200, False, 512) == "cfr_semi3_200it_single_in512"
