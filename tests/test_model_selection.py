@@ -321,6 +321,17 @@ def test_export_keeps_stock_networks_and_refuses_the_others(tiny_dataset, monkey
     assert all(torch.equal(out["network_weights"][k], net.state_dict()[k]) for k in reference)
 
 
+def test_export_of_an_untrained_model_names_the_folder(fake_results, tmp_path, capsys):
+    from nnunet_scribble.cli import main
+
+    results, raw, pre = fake_results
+    folder = write_fake_model(results, raw, pre, GOOD, _good, 0.6, npz=False)
+    assert main(["export", str(DATASET_ID), "-o", str(tmp_path / "m.zip"), "-c", "2d", "-tr", GOOD, "-f", "0"]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "fold_0" / "checkpoint_final.pth") in err and f"nnUNetv2_train {DATASET_ID} 2d 0 -tr {GOOD}" in err
+    assert not (tmp_path / "m.zip").exists()
+
+
 # ---- slow: a real 5-fold CV of two trainers, stock nnU-Net afterwards ----------------------------------------
 TRAINERS = ("nnUNetTrainerPCE_smoke", "nnUNetTrainerDMPLS_smoke")
 
@@ -369,7 +380,7 @@ def test_cross_validation_through_nnunet(trained_cv):
     # 2. hand-made validation predictions where scribble and dense Dice disagree: the dense one decides
     for trainer, make, conf in ((TRAINERS[0], _specks, 0.9), (TRAINERS[1], _good, 0.6)):
         folder = results / f"{trainer}__nnUNetPlans__2d"
-        splits = {int(p.parent.parent.name[5:]): [] for p in folder.glob("fold_*/validation")}
+        splits = {int(p.parent.name[5:]): [] for p in folder.glob("fold_*/validation")}
         for f in splits:
             splits[f] = sorted(p.name[: -len(ENDING)] for p in (folder / f"fold_{f}" / "validation").glob(f"*{ENDING}"))
         tmp_model = write_fake_model(tmp / "made", raw, root / "nnUNet_preprocessed" / name, trainer, make, conf, splits)
