@@ -291,6 +291,7 @@ def test_without_dense_labels_the_proxy_decides(fake_results, tmp_path, monkeypa
 @pytest.mark.parametrize("trainer,stock", [
     ("nnUNetTrainerPCE", True), ("nnUNetTrainerMaCo", True), ("nnUNetTrainerDMPLS", True),
     ("nnUNetTrainerSAMSP", True), ("nnUNetTrainerMedCL", True), ("nnUNetTrainerMeanTeacher", True),
+    ("nnUNetTrainerCFR", True),
     ("nnUNetTrainerAttenScribble", False)])
 def test_export_keeps_stock_networks_and_refuses_the_others(tiny_dataset, monkeypatch, trainer, stock):
     import torch
