@@ -121,7 +121,7 @@ def quoted_rows(budget: str) -> list[dict]:
     for pattern, labels in QUOTED.items():
         row = next((r for r in runs if r["variant"] == pattern.format(budget=budget) and not r["tag"]), None)
         if row:
-            rows.append({**row, "labels": labels, "seconds_per_iteration": None})
+            rows.append({**row, "tag": "quoted", "labels": labels, "seconds_per_iteration": None})
     return rows
 
 
@@ -131,6 +131,7 @@ def write_tables(work: Path, out: Path) -> Path:
     for key in sorted({(r["protocol"], r["budget"]) for r in results}):
         runs = [r for r in results if (r["protocol"], r["budget"]) == key]
         runs.sort(key=lambda r: (r["trainer"] != quick.STOCK, r["trainer"], r.get("tag") or ""))
+        runs = [{**r, "tag": "labeled only"} if r["trainer"] == quick.STOCK else r for r in runs]
         stock = next((r for r in runs if r["trainer"] == quick.STOCK), None)
         quoted = quoted_rows(key[1])
         bound = next((r for r in quoted if r["variant"].startswith(quick.STOCK + "_")), None)

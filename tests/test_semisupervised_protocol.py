@@ -83,7 +83,8 @@ def test_table_rates_against_the_quoted_dense_run_and_times_against_stock_of_the
     assert rows["`nnUNetTrainerMeanTeacher_3000it`"][6] == f"{0.6 / dense:.2f}"    # ratio to the quoted dense run
     assert rows["`nnUNetTrainerMeanTeacher_3000it`"][9] == "1.50x"                  # s/it vs stock of this run
     assert rows["`nnUNetTrainerMeanTeacher_3000it` [teacher]"][5] == "**0.650**"
-    assert rows["`nnUNetTrainerPCE_3000it`"][1] == "scribbles, all 70 patients (quoted)"
+    assert rows["`nnUNetTrainerPCE_3000it` [quoted]"][1] == "scribbles, all 70 patients (quoted)"
+    assert rows["`nnUNetTrainer_3000it` [labeled only]"][9] == "1.00x"
     assert (tmp_path / "acdc_semisupervised_quick_3labeled_3000it.png").is_file()
 
 
