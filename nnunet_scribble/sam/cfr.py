@@ -75,6 +75,8 @@ class CaseGrids:
     depth: int
     images01: np.ndarray       # (N, rows*H, cols*W) float32 in [0, 1], zero tiles after the last slice
     labels: np.ndarray         # (N, rows*H, cols*W) int16, ignore on unlabeled pixels and padding tiles
+    properties: dict           # nnU-Net's preprocessing properties of the case
+    spatial_shape: tuple       # its preprocessed spatial shape
 
 
 @dataclass
@@ -97,7 +99,7 @@ def load_case_grids(ds: PreprocessedDataset, case: str, input_size: int, concate
     ignore = ds.ignore_label
     return CaseGrids(case, case_kind(cs.scribbles, ignore), grid, len(cs.image),
                      to_grids(scale_slices(cs.image), grid, fill=0).astype(np.float32),
-                     to_grids(cs.scribbles, grid, fill=ignore).astype(np.int16))
+                     to_grids(cs.scribbles, grid, fill=ignore).astype(np.int16), cs.properties, cs.spatial_shape)
 
 
 def run_folder_of(ds: PreprocessedDataset, backend, fold, identity: dict) -> str:
@@ -161,16 +163,17 @@ def _backend(backend: Optional[str], checkpoint: Optional[str], device, input_si
     from nnunet_scribble.sam.backends import load_backend, resolve_backend
     from nnunet_scribble.sam.multiclass import build_litemedsam_backend
 
+    name, path = resolve_backend(backend, checkpoint)
+    if input_size is not None and name == "litemedsam":
+        try:
+            return build_litemedsam_backend(input_size, path, device=device)
+        except ValueError as e:
+            raise UserFacingError(f"--input-size {input_size}: {e}") from e
     sam = load_backend(backend, checkpoint, device=device)
-    if input_size is None or input_size == sam.input_size:
-        return sam
-    if sam.name != "litemedsam":
+    if input_size is not None and input_size != sam.input_size:
         raise UserFacingError(f"--input-size {input_size}: only LiteMedSAM can be built for another input size; the "
                               f"{sam.name} backend takes {sam.input_size}. Leave --input-size out.")
-    try:
-        return build_litemedsam_backend(input_size, resolve_backend(backend, checkpoint)[1], device=sam.device)
-    except ValueError as e:
-        raise UserFacingError(f"--input-size {input_size}: {e}") from e
+    return sam
 
 
 # ---- fine-tuning ----------------------------------------------------------------------------------------
@@ -294,14 +297,13 @@ def dice_stage(ds: PreprocessedDataset, cases: list[CaseGrids], pl_folder: str, 
     for cg in cases:
         if cg.kind == "dense":
             continue
-        cs = ds.load_case(cg.case)
-        dense = ds.dense_labels(cg.case, cs.properties, cs.spatial_shape)
+        dense = ds.dense_labels(cg.case, cg.properties, cg.spatial_shape)
         if dense is None:
             continue
         pl = ds.read_label_map(pl_folder, cg.case)
         per_case[cg.case] = dice_per_case(pl, dense, list(names))
-        if shown < config.overlays:
-            _overlay(ds, cs, pl, dense, names, os.path.join(folder, "overlays", f"{cg.case}.png"))
+        if shown < config.overlays:   # the image is read again only for the few overlay cases
+            _overlay(ds, ds.load_case(cg.case), pl, dense, names, os.path.join(folder, "overlays", f"{cg.case}.png"))
             shown += 1
     if not per_case:
         log("[cfr] no labelsTr_dense for the unlabeled / scribbled training cases: pseudo-label Dice not measured")
