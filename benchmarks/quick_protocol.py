@@ -247,6 +247,23 @@ def sam_settings(env: dict) -> str:
     return "".join(f"{k}={v} " for k, v in sorted(env.items()) if k.startswith("NNUNET_SCRIBBLE_SAM_"))
 
 
+def train_fold_all(work: Path, dataset_id: int, name: str, variant: str, env: dict, run_name: str
+                   ) -> tuple[Path, float | None]:
+    """``nnUNetv2_train`` of ``variant`` on fold ``all`` of ``2d_quick`` (resumed with ``--c`` after a kill,
+    skipped once ``checkpoint_final.pth`` exists). Returns the fold folder and the peak RSS in MB (None if
+    nothing ran)."""
+    fold_dir = Path(env["nnUNet_results"]) / name / f"{variant}__nnUNetPlans__{CONFIG}" / "fold_all"
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        return fold_dir, None
+    cmd = ["nnUNetv2_train", str(dataset_id), CONFIG, "all", "-tr", variant, "-device", "cpu"]
+    if (fold_dir / "checkpoint_latest.pth").is_file():
+        cmd.append("--c")
+    start = time.time()
+    peak_mb = run(cmd, env, work / "logs" / f"train_{run_name}.log")
+    print(f"[quick] trained {run_name} in {(time.time() - start) / 60:.1f} min", flush=True)
+    return fold_dir, peak_mb
+
+
 def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budget: str, env: dict,
                 tag: str | None = None, labels: str | None = None, command: str | None = None) -> dict:
     """Train ``trainer``'s ``budget`` variant on fold ``all`` of the protocol's scribble dataset (``dense``:
@@ -263,16 +280,7 @@ def run_trainer(work: Path, protocol: Protocol, trainer: str, dense: bool, budge
     iterations_per_epoch = ITERATION_BUDGETS[budget][1]
     if tag:
         env = {**env, "nnUNet_results": str(work / f"nnUNet_results_{tag}")}
-    fold_dir = Path(env["nnUNet_results"]) / name / f"{variant}__nnUNetPlans__{CONFIG}" / "fold_all"
-    logs = work / "logs"
-    peak_mb = None
-    if not (fold_dir / "checkpoint_final.pth").is_file():
-        cmd = ["nnUNetv2_train", str(dataset_id), CONFIG, "all", "-tr", variant, "-device", "cpu"]
-        if (fold_dir / "checkpoint_latest.pth").is_file():
-            cmd.append("--c")
-        start = time.time()
-        peak_mb = run(cmd, env, logs / f"train_{run_name}.log")
-        print(f"[quick] trained {run_name} in {(time.time() - start) / 60:.1f} min", flush=True)
+    fold_dir, peak_mb = train_fold_all(work, dataset_id, name, variant, env, run_name)
     summary = predict_and_evaluate(work, run_name, work / "nnUNet_raw" / name,
                                    ["-d", str(dataset_id), "-c", CONFIG, "-f", "all", "-tr", variant, "-device", "cpu",
                                     "-npp", "1", "-nps", "1"], env)

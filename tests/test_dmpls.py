@@ -1,5 +1,6 @@
 """DMPLS: loss pieces (hand values), dual-decoder network, trainer (2D dataset, 3D plans), prediction path."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -282,6 +283,35 @@ def test_trainer_loss_weights_and_pseudo_label(nnunet_paths):
     assert terms["partial_aux"].item() == pytest.approx(0.5 * trainer.loss(aux, scribbles).item(), rel=1e-6)
     assert terms["pl_dice_main"].item() == pytest.approx(0.25 * soft_dice_loss(y1, pl).item(), rel=1e-6)
     assert terms["pl_dice_aux"].item() == pytest.approx(0.25 * soft_dice_loss(y2, pl).item(), rel=1e-6)
+
+
+def test_pseudo_label_rampup_factor_and_weight(nnunet_paths):
+    """_rampup: 0 before 10 % of the epochs, exp(-5 (1 - t)^2) between 10 % and 75 %, then 1; the paper's
+    DMPLS has no ramp (factor 1); the PL terms carry the factor."""
+    from nnunet_scribble.training.dmpls import nnUNetTrainerDMPLS_rampup_2epochs
+    plain = make_trainer(*nnunet_paths)
+    assert plain.pseudo_label_factor() == 1.0
+    trainer = make_trainer(*nnunet_paths, cls=nnUNetTrainerDMPLS_rampup_2epochs)
+    trainer.num_epochs = 40                                  # ramp over epochs 4 .. 30
+    expected = {0: 0.0, 3: 0.0, 4: math.exp(-5.0), 17: math.exp(-5 * 0.25), 30: 1.0, 39: 1.0}
+    for epoch, value in expected.items():
+        trainer.current_epoch = epoch
+        assert trainer.pseudo_label_factor() == pytest.approx(value, abs=1e-12)
+    trainer.initialize()
+    torch.manual_seed(0)
+    main, aux = [torch.randn(2, 4, 16, 16)], [torch.randn(2, 4, 16, 16)]
+    scribbles = [torch.randint(0, 5, (2, 1, 16, 16))]
+    trainer.loss.weight_factors = (1.0,)
+    trainer.dual_forward = lambda data: (main, aux)
+    trainer.current_epoch = 17
+    trainer.mixing_generator = torch.Generator().manual_seed(3)
+    ramped = trainer.compute_loss_terms(None, scribbles, None)
+    trainer.current_epoch = 30
+    trainer.mixing_generator = torch.Generator().manual_seed(3)
+    full = trainer.compute_loss_terms(None, scribbles, None)
+    for key in ("pl_dice_main", "pl_dice_aux"):
+        assert ramped[key].item() == pytest.approx(math.exp(-5 * 0.25) * full[key].item(), rel=1e-6)
+    assert ramped["partial_main"].item() == pytest.approx(full["partial_main"].item(), rel=1e-6)
 
 
 def add_3d_configuration(plans):

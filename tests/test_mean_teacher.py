@@ -125,3 +125,14 @@ def test_train_step_updates_the_teacher_and_the_checkpoint_resumes_it(nnunet_pat
     # the student is what stock nnUNetv2_predict loads
     for k, v in saved["network_weights"].items():
         assert torch.equal(v, trainer.student().state_dict()[k].cpu())
+
+
+def test_delayed_sigmoid_rampup_values():
+    from nnunet_scribble.losses.rampup import delayed_sigmoid_rampup
+    assert delayed_sigmoid_rampup(3.9, 4, 30) == 0.0
+    assert delayed_sigmoid_rampup(4, 4, 30) == pytest.approx(math.exp(-5))
+    assert delayed_sigmoid_rampup(17, 4, 30) == pytest.approx(math.exp(-5 * 0.25))
+    assert delayed_sigmoid_rampup(30, 4, 30) == 1.0 and delayed_sigmoid_rampup(99, 4, 30) == 1.0
+    assert delayed_sigmoid_rampup(5, 5, 5) == 1.0
+    with pytest.raises(ValueError, match="before its start"):
+        delayed_sigmoid_rampup(1, 10, 5)

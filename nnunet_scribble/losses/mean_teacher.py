@@ -8,8 +8,9 @@ consistency = mean squared difference of the two softmax outputs over all voxels
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from nnunet_scribble.losses.rampup import sigmoid_rampup  # noqa: F401  (re-exported)
 
 __all__ = ["ema_decay", "update_ema", "sigmoid_rampup", "teacher_noise", "softmax_mse"]
 
@@ -26,14 +27,6 @@ def update_ema(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
-
-
-def sigmoid_rampup(current: float, length: float) -> float:
-    """``exp(-5 (1 - clip(current / length, 0, 1))^2)``; 1 when ``length`` is 0."""
-    if length == 0:
-        return 1.0
-    phase = 1.0 - float(np.clip(current, 0.0, length)) / length
-    return float(np.exp(-5.0 * phase * phase))
 
 
 def teacher_noise(x: torch.Tensor, std: float = 0.1, clamp: float = 0.2,

@@ -75,6 +75,7 @@ from nnunet_scribble.geometry import stage_spacing, stage_token_grids
 from nnunet_scribble.losses.attentive_similarity import (attentive_similarity_loss,
                                                           samples_with_several_scribble_classes, unlabeled_tokens)
 from nnunet_scribble.losses.crf import masked_gated_crf_loss
+from nnunet_scribble.losses.rampup import sigmoid_rampup
 from nnunet_scribble.networks.attention import (attach_attention, choose_attention_stage, find_attention_block,
                                                 similarity_head)
 from nnunet_scribble.training.budget_variants import add_budget_variants
@@ -194,8 +195,7 @@ class nnUNetTrainerAttenScribble(nnUNetTrainerScribble):
         applied to both regularizer weights (1 without ramp-up)."""
         if self.regularizer_rampup_fraction <= 0:
             return 1.0
-        t = min(1.0, self.current_epoch / (self.regularizer_rampup_fraction * self.num_epochs))
-        return float(np.exp(-5.0 * (1.0 - t) ** 2))
+        return sigmoid_rampup(self.current_epoch, self.regularizer_rampup_fraction * self.num_epochs)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

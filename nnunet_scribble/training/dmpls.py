@@ -54,6 +54,7 @@ import torch
 from torch._dynamo import OptimizedModule
 
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
+from nnunet_scribble.losses.rampup import delayed_sigmoid_rampup
 from nnunet_scribble.networks.dual_decoder import DualDecoderUNet, build_dual_decoder_network_from_plans
 from nnunet_scribble.networks.outputs import full_resolution
 from nnunet_scribble.training.budget_variants import add_budget_variants
@@ -76,6 +77,9 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
     pl_dice_batch: bool = True
     pl_dice_squared_pred: bool = True
     pl_dice_smooth: float = 1e-5
+    # ramp-up of the pseudo-label weight: None (the paper: full weight from the first iteration) or
+    # (start, end) as fractions of the epochs: 0 before start, sigmoid ramp to 1 at end
+    pl_rampup: tuple[float, float] | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -103,6 +107,18 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
     def set_deep_supervision_enabled(self, enabled: bool):
         self._dual_network().set_deep_supervision_enabled(enabled)
 
+    def pseudo_label_factor(self) -> float:
+        """Multiplier of the pseudo-label weight at this epoch (1 without ``pl_rampup``)."""
+        if self.pl_rampup is None:
+            return 1.0
+        start, end = self.pl_rampup
+        return delayed_sigmoid_rampup(self.current_epoch, start * self.num_epochs, end * self.num_epochs)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.pl_rampup is not None:
+            self.print_to_log_file(f"DMPLS: pseudo-label weight x {self.pseudo_label_factor():.4f} (ramp-up)")
+
     def on_train_start(self):
         super().on_train_start()
         self.print_to_log_file(
@@ -110,7 +126,8 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
             f"[Dice(y1, PL) + Dice(y2, PL)], PL = argmax(a y1 + (1-a) y2), a ~ U(0,1); aux decoder feature "
             f"dropout p={self.aux_dropout_p} ({'channel' if self.aux_dropout_channelwise else 'element'}-wise); "
             f"PL Dice: full resolution, background {self.pl_dice_include_background}, batch "
-            f"{self.pl_dice_batch}, squared {self.pl_dice_squared_pred}, smooth {self.pl_dice_smooth}")
+            f"{self.pl_dice_batch}, squared {self.pl_dice_squared_pred}, smooth {self.pl_dice_smooth}; "
+            f"weight ramp-up {self.pl_rampup or 'none'} (fractions of the epochs)")
 
     # ---- loss -------------------------------------------------------------------------------
     def dual_forward(self, data: torch.Tensor):
@@ -142,7 +159,7 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
         """
         y1, y2 = probs if probs is not None else self.full_resolution_probabilities(out_main, out_aux)
         pl = mixed_pseudo_label(y1, y2, sample_mixing_weight(self.mixing_generator))
-        w_pl = self.pseudo_label_weight * 0.5
+        w_pl = self.pseudo_label_weight * 0.5 * self.pseudo_label_factor()
         return {
             "partial_main": self.partial_weight * self.loss(out_main, scribbles),
             "partial_aux": self.partial_weight * self.loss(out_aux, scribbles),
@@ -155,4 +172,11 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
         return self.dmpls_loss_terms(out_main, out_aux, scribbles)
 
 
-__all__ = ["nnUNetTrainerDMPLS"] + add_budget_variants(nnUNetTrainerDMPLS, globals())
+class nnUNetTrainerDMPLS_rampup(nnUNetTrainerDMPLS):
+    """Probe: the pseudo-label weight ramps up (0 for the first 10 % of the epochs, sigmoid to full at 75 %),
+    the schedule of the DMPLS authors' PyMIC implementation (there with weight 0.1; here the paper's 0.5)."""
+    pl_rampup = (0.1, 0.75)
+
+
+_TRAINERS = [nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_rampup]
+__all__ = [t.__name__ for t in _TRAINERS] + [n for t in _TRAINERS for n in add_budget_variants(t, globals())]

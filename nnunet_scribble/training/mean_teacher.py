@@ -28,7 +28,8 @@ import torch
 from torch._dynamo import OptimizedModule
 
 from nnunet_scribble.networks.outputs import full_resolution
-from nnunet_scribble.losses.mean_teacher import ema_decay, sigmoid_rampup, softmax_mse, teacher_noise, update_ema
+from nnunet_scribble.losses.mean_teacher import ema_decay, softmax_mse, teacher_noise, update_ema
+from nnunet_scribble.losses.rampup import sigmoid_rampup
 from nnunet_scribble.training.budget_variants import add_budget_variants
 from nnunet_scribble.training.scribble_trainer import nnUNetTrainerScribble
 
