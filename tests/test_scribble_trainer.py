@@ -85,6 +85,10 @@ def test_padding_becomes_ignore_not_background():
     ours = nnUNetTrainerPCE.get_validation_transforms(None, **kwargs)(image=torch.zeros(1, 4, 4), segmentation=seg.clone())
     stock = nnUNetTrainer.get_validation_transforms(None, **kwargs)(image=torch.zeros(1, 4, 4), segmentation=seg.clone())
     assert (ours["segmentation"] == IGNORE).all() and (stock["segmentation"] == 0).all()
+    from nnunet_scribble.training.dmpls import nnUNetTrainerDMPLS_padBackground   # the probe: stock behaviour
+    probe = nnUNetTrainerDMPLS_padBackground.get_validation_transforms(None, **kwargs)(
+        image=torch.zeros(1, 4, 4), segmentation=seg.clone())
+    assert (probe["segmentation"] == 0).all()
 
 
 def test_extra_channel_rides_through_augmentation_and_reaches_the_loss(nnunet_paths, tmp_path):

@@ -178,5 +178,10 @@ class nnUNetTrainerDMPLS_rampup(nnUNetTrainerDMPLS):
     pl_rampup = (0.1, 0.75)
 
 
-_TRAINERS = [nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_rampup]
+class nnUNetTrainerDMPLS_padBackground(nnUNetTrainerDMPLS):
+    """Probe: patch padding outside the image is background (stock nnU-Net) instead of ignore."""
+    padding_is_background = True
+
+
+_TRAINERS = [nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_rampup, nnUNetTrainerDMPLS_padBackground]
 __all__ = [t.__name__ for t in _TRAINERS] + [n for t in _TRAINERS for n in add_budget_variants(t, globals())]

@@ -69,6 +69,8 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
     needs_label_maps: bool = False
     # share of each batch drawn from labeled cases when a fold also has unlabeled ones (mixed datasets)
     labeled_batch_share: float = 0.5
+    # patch padding outside the image: ``ignore`` (False, the default) or stock nnU-Net's background (True)
+    padding_is_background: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -94,15 +96,15 @@ class nnUNetTrainerScribble(TrainingBudget, nnUNetTrainer):
         self._training_case_classes: dict[str, np.ndarray] | None = None
 
     # ---- data -------------------------------------------------------------------------------
-    @staticmethod
-    def get_training_transforms(*args, **kwargs):
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs):
         composed = nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        return padding_becomes_ignore(composed, kwargs["ignore_label"])
+        return composed if cls.padding_is_background else padding_becomes_ignore(composed, kwargs["ignore_label"])
 
-    @staticmethod
-    def get_validation_transforms(*args, **kwargs):
+    @classmethod
+    def get_validation_transforms(cls, *args, **kwargs):
         composed = nnUNetTrainer.get_validation_transforms(*args, **kwargs)
-        return padding_becomes_ignore(composed, kwargs["ignore_label"])
+        return composed if cls.padding_is_background else padding_becomes_ignore(composed, kwargs["ignore_label"])
 
     def get_tr_and_val_datasets(self):
         tr_keys, val_keys = self.do_split()
