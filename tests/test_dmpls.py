@@ -314,6 +314,16 @@ def test_pseudo_label_rampup_factor_and_weight(nnunet_paths):
     assert ramped["partial_main"].item() == pytest.approx(full["partial_main"].item(), rel=1e-6)
 
 
+def test_paper_sgd_probe_uses_the_papers_optimizer(nnunet_paths):
+    from nnunet_scribble.training.dmpls import nnUNetTrainerDMPLS_paperSGD_2epochs
+    trainer = make_trainer(*nnunet_paths, cls=nnUNetTrainerDMPLS_paperSGD_2epochs)
+    trainer.initialize()
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"], group["lr"]) == (0.9, False, 1e-4, 0.01)
+    assert sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"]) == \
+        sum(p.numel() for p in trainer.network.parameters())          # both decoders are optimised
+
+
 def add_3d_configuration(plans):
     """A small 3d_fullres configuration (the tiny dataset is 2D; only the network and loss are exercised)."""
     plans["configurations"]["3d_fullres"] = {

@@ -51,6 +51,7 @@ Deviations from the paper / official code (WSL4MIS ``UNet_CCT`` + DMPLS training
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch._dynamo import OptimizedModule
 
 from nnunet_scribble.losses.dmpls import mixed_pseudo_label, sample_mixing_weight, soft_dice_loss
@@ -183,5 +184,15 @@ class nnUNetTrainerDMPLS_padBackground(nnUNetTrainerDMPLS):
     padding_is_background = True
 
 
-_TRAINERS = [nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_rampup, nnUNetTrainerDMPLS_padBackground]
+class nnUNetTrainerDMPLS_paperSGD(nnUNetTrainerDMPLS):
+    """Probe: the papers' SGD (momentum 0.9 without Nesterov, weight decay 1e-4; DMPLS and SAM-SP) instead of
+    nnU-Net's (momentum 0.99, Nesterov, weight decay 3e-5); same learning rate 0.01 and poly schedule."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=1e-4, momentum=0.9)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+_TRAINERS = [nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_rampup, nnUNetTrainerDMPLS_padBackground,
+             nnUNetTrainerDMPLS_paperSGD]
 __all__ = [t.__name__ for t in _TRAINERS] + [n for t in _TRAINERS for n in add_budget_variants(t, globals())]
