@@ -125,6 +125,8 @@ def probe(work: Path, trainer: str, budget: str, env: dict, images: Path, labels
 
 def change_of(trainer: str) -> str:
     """The first sentence of the trainer's docstring (what the probe changes)."""
+    if trainer == "nnUNetTrainerDMPLS":
+        return "none: the paper's losses in nnU-Net (the plugin's DMPLS)"
     import nnunet_scribble.ext_trainers.nnunet_scribble_trainers as trainers
 
     cls = getattr(trainers, trainer, None)

@@ -174,19 +174,22 @@ class nnUNetTrainerDMPLS(nnUNetTrainerScribble):
 
 
 class nnUNetTrainerDMPLS_rampup(nnUNetTrainerDMPLS):
-    """Probe: the pseudo-label weight ramps up (0 for the first 10 % of the epochs, sigmoid to full at 75 %),
-    the schedule of the DMPLS authors' PyMIC implementation (there with weight 0.1; here the paper's 0.5)."""
+    """Probe: pseudo-label weight ramped up (0 until 10 % of the epochs, sigmoid to full at 75 %).
+
+    The schedule of the DMPLS authors' PyMIC implementation (there with weight 0.1; here the paper's 0.5)."""
     pl_rampup = (0.1, 0.75)
 
 
 class nnUNetTrainerDMPLS_padBackground(nnUNetTrainerDMPLS):
-    """Probe: patch padding outside the image is background (stock nnU-Net) instead of ignore."""
+    """Probe: patch padding outside the image is background (stock nnU-Net), not ignore."""
     padding_is_background = True
 
 
 class nnUNetTrainerDMPLS_paperSGD(nnUNetTrainerDMPLS):
-    """Probe: the papers' SGD (momentum 0.9 without Nesterov, weight decay 1e-4; DMPLS and SAM-SP) instead of
-    nnU-Net's (momentum 0.99, Nesterov, weight decay 3e-5); same learning rate 0.01 and poly schedule."""
+    """Probe: the papers' SGD (momentum 0.9, no Nesterov, weight decay 1e-4).
+
+    DMPLS's and SAM-SP's optimizer instead of nnU-Net's (momentum 0.99, Nesterov, weight decay 3e-5); same
+    learning rate 0.01 and poly schedule."""
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=1e-4, momentum=0.9)
