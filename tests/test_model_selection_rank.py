@@ -34,7 +34,8 @@ def test_models_ranked_by_dense_dice_with_proxy_values_and_tau(tmp_path):
         folder = tmp_path / "predictions" / name
         folder.mkdir(parents=True)
         _write(folder / "patient071_frame01.nii.gz", pred)
-        (folder / "summary_dense.json").write_text(json.dumps({"mean": {"Dice": dice}}))
+        (folder / "summary_dense.json").write_text(json.dumps(
+            {"mean": {"Dice": dice}, "per_case": {"patient071_frame01": {"3": {"Dice": dice}}}}))
     folders = rank.scored_folders(tmp_path / "predictions")
     assert [f.name for f in folders["summary_dense.json"]] == ["a_good", "b_specks", "c_empty"]
     lines = rank.rank_section(folders["summary_dense.json"], "summary_dense.json", scribbles)
@@ -43,7 +44,9 @@ def test_models_ranked_by_dense_dice_with_proxy_values_and_tau(tmp_path):
     assert values["scribble_dice_mean"] == pytest.approx(1.0)   # LV scribble hit; loop predicted background
     empty = json.loads((tmp_path / "predictions" / "c_empty" / "proxy_scores.json").read_text())
     assert empty["score"] == 0.0                                 # the LV scribble is missed
-    assert lines[-2].startswith("Kendall tau") and "proxy score **+1.00**" in lines[-2]
+    tau_line = next(line for line in lines if line.startswith("Kendall tau"))
+    assert "proxy score **+1.00**" in tau_line
+    assert "| 1 | 100% | +1.00 |" in lines                      # one patient: all there is
 
 
 def test_missing_scribble_names_the_file(tmp_path):
@@ -52,3 +55,14 @@ def test_missing_scribble_names_the_file(tmp_path):
     _write(folder / "patient099_frame01.nii.gz", np.zeros((1, 8, 8)))
     with pytest.raises(SystemExit, match="patient099_frame01_scribble.nii.gz"):
         rank.folder_criteria(folder, tmp_path)
+
+
+def test_subset_stability_hand_values():
+    # patient 1 favours model a, patient 2 favours b twice as strongly; overall best: b
+    dice = {"a": {"p1_f1": 0.9, "p1_f2": 0.9, "p2_f1": 0.5, "p2_f2": 0.5},
+            "b": {"p1_f1": 0.8, "p1_f2": 0.8, "p2_f1": 0.7, "p2_f2": 0.7}}
+    out = rank.subset_stability(dice, (1, 2, 3), draws=400)
+    assert set(out) == {1, 2}                                    # only 2 patients
+    hit, tau = out[1]
+    assert hit == pytest.approx(0.5, abs=0.08) and tau == pytest.approx(0.0, abs=0.16)   # tau +-1 per draw
+    assert out[2] == (1.0, 1.0)                                  # all patients: the full ranking
