@@ -47,6 +47,13 @@ Deviations from the paper / official code (WSL4MIS ``UNet_CCT`` + DMPLS training
 - 3D (``3d_fullres``) is this plugin's extension; the paper is 2D only.
 - ``-pretrained_weights`` with a stock nnU-Net checkpoint fails nnU-Net's key check (no
   ``aux_decoder.*`` keys); a DMPLS checkpoint works.
+
+Probes (``benchmarks/dmpls_probe.py``; each changes one thing, results in ``dmpls_investigation.md``)
+---------------------------------------------------------------------------------------------------
+``_rampup`` (``pl_rampup = (0.1, 0.75)``: the pseudo-label weight is 0 for the first 10 % of the epochs and
+ramps up sigmoidally to full at 75 %, as in the DMPLS authors' PyMIC implementation), ``_padBackground``
+(patch padding is background, as stock nnU-Net, not ``ignore``), ``_paperSGD`` (the papers' SGD: momentum
+0.9, no Nesterov, weight decay 1e-4).
 """
 from __future__ import annotations
 
